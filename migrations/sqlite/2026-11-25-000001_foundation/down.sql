@@ -1,0 +1,3 @@
+DROP TABLE sessions;
+DROP TABLE quota_usage;
+DROP TABLE users;

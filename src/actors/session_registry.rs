@@ -1,0 +1,434 @@
+//! Chat sessions: who owns each, its bounded history (what the model sees), recent response
+//! times, and whether a connection is attached. Ended sessions stay resumable for the TTL,
+//! then a timer drops them. Every change of a session's row goes to the DB flusher.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::clock::Instant;
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::actors::db_flusher::{DbFlusher, EnqueueSession};
+use crate::chat::message::ChatMessage;
+use crate::db::models::SessionRow;
+use crate::domain::{SessionId, UserId};
+use crate::error::AppError;
+
+/// How many response times a session keeps for its average.
+const RESPONSE_WINDOW: usize = 100;
+
+/// Sent to a connection whose session was ended elsewhere (admin, resume from a new socket).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct SessionEnded {
+    pub code: u16,
+    pub reason: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "SessionOpened")]
+pub struct OpenSession {
+    pub user: UserId,
+    pub resume: Option<SessionId>,
+    pub conn_id: u64,
+    pub connection: Recipient<SessionEnded>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionOpened {
+    pub id: SessionId,
+    pub resumed: bool,
+}
+
+/// The connection went away; the session becomes inactive (resumable).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DetachSession {
+    pub id: SessionId,
+    pub conn_id: u64,
+}
+
+/// Adds the user's message and returns the history the model should see.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ChatMessage>, AppError>")]
+pub struct AppendUserMessage {
+    pub id: SessionId,
+    pub content: Arc<str>,
+}
+
+/// A reply finished normally: it joins the history and its response time is counted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordReply {
+    pub id: SessionId,
+    pub content: Arc<str>,
+    pub latency_ms: u64,
+}
+
+/// Ends a session now (admin); its connection is closed with 1008.
+#[derive(Message)]
+#[rtype(result = "Result<(), AppError>")]
+pub struct EndSession {
+    pub id: SessionId,
+}
+
+#[derive(Message)]
+#[rtype(result = "SessionStats")]
+pub struct GetSessionStats;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SessionStats {
+    pub active: usize,
+    pub inactive: usize,
+    pub total: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct HistoryLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+struct Attachment {
+    conn_id: u64,
+    connection: Recipient<SessionEnded>,
+}
+
+struct Session {
+    user: UserId,
+    history: VecDeque<ChatMessage>,
+    history_bytes: usize,
+    response_ms: VecDeque<u64>,
+    messages: i64,
+    started_at_ms: i64,
+    ended_at_ms: Option<i64>,
+    ended_at: Option<Instant>,
+    attachment: Option<Attachment>,
+}
+
+impl Session {
+    fn push(&mut self, message: ChatMessage, limits: &HistoryLimits) {
+        self.history_bytes += message.content.len();
+        self.history.push_back(message);
+        // Oldest first out; the newest message always stays, even if alone it is over the cap.
+        while self.history.len() > limits.max_messages
+            || (self.history_bytes > limits.max_bytes && self.history.len() > 1)
+        {
+            match self.history.pop_front() {
+                Some(old) => self.history_bytes -= old.content.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn avg_response_ms(&self) -> Option<i64> {
+        let n = self.response_ms.len() as u64;
+        (n > 0).then(|| (self.response_ms.iter().sum::<u64>() / n) as i64)
+    }
+}
+
+pub struct RegistryState {
+    sessions: HashMap<SessionId, Session>,
+    limits: HistoryLimits,
+    ttl: Duration,
+    active: usize,
+}
+
+/// A session row to persist, produced by each state change.
+pub type RowChange = SessionRow;
+
+impl RegistryState {
+    pub fn new(limits: HistoryLimits, ttl: Duration) -> RegistryState {
+        RegistryState {
+            sessions: HashMap::new(),
+            limits,
+            ttl,
+            active: 0,
+        }
+    }
+
+    fn row(id: &SessionId, s: &Session) -> SessionRow {
+        SessionRow {
+            id: id.to_string(),
+            user_id: s.user.to_string(),
+            started_at: s.started_at_ms,
+            ended_at: s.ended_at_ms,
+            messages: s.messages,
+            avg_response_ms: s.avg_response_ms(),
+        }
+    }
+
+    /// Opens a new session, or resumes `resume` when it exists and belongs to `user`. A
+    /// resumed session that is still attached is taken over: the old connection is returned
+    /// so the caller can close it.
+    pub fn open(
+        &mut self,
+        user: UserId,
+        resume: Option<SessionId>,
+        attachment: (u64, Recipient<SessionEnded>),
+        now: Instant,
+        now_ms: i64,
+    ) -> (SessionOpened, Option<Recipient<SessionEnded>>, RowChange) {
+        let (conn_id, connection) = attachment;
+        if let Some(id) = resume {
+            if let Some(session) = self.sessions.get_mut(&id).filter(|s| s.user == user) {
+                let previous = session.attachment.replace(Attachment {
+                    conn_id,
+                    connection,
+                });
+                if previous.is_none() {
+                    self.active += 1;
+                }
+                session.ended_at = None;
+                session.ended_at_ms = None;
+                let row = Self::row(&id, session);
+                return (
+                    SessionOpened { id, resumed: true },
+                    previous.map(|a| a.connection),
+                    row,
+                );
+            }
+        }
+        let id = SessionId::new_random();
+        let session = Session {
+            user,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            response_ms: VecDeque::new(),
+            messages: 0,
+            started_at_ms: now_ms,
+            ended_at_ms: None,
+            ended_at: None,
+            attachment: Some(Attachment {
+                conn_id,
+                connection,
+            }),
+        };
+        let _ = now;
+        let row = Self::row(&id, &session);
+        self.sessions.insert(id.clone(), session);
+        self.active += 1;
+        (SessionOpened { id, resumed: false }, None, row)
+    }
+
+    /// Marks the session inactive if `conn_id` is still the one attached (a takeover may have
+    /// replaced it already).
+    pub fn detach(
+        &mut self,
+        id: &SessionId,
+        conn_id: u64,
+        now: Instant,
+        now_ms: i64,
+    ) -> Option<RowChange> {
+        let session = self.sessions.get_mut(id)?;
+        if session.attachment.as_ref().map(|a| a.conn_id) != Some(conn_id) {
+            return None;
+        }
+        session.attachment = None;
+        session.ended_at = Some(now);
+        session.ended_at_ms = Some(now_ms);
+        self.active -= 1;
+        Some(Self::row(id, session))
+    }
+
+    pub fn append_user(
+        &mut self,
+        id: &SessionId,
+        content: Arc<str>,
+    ) -> Result<Vec<ChatMessage>, AppError> {
+        let limits = self.limits.clone();
+        let session = self
+            .sessions
+            .get_mut(id)
+            .ok_or_else(|| AppError::NotFound("the session has ended".into()))?;
+        session.push(ChatMessage::user(content), &limits);
+        session.messages += 1;
+        Ok(session.history.iter().cloned().collect())
+    }
+
+    pub fn record_reply(
+        &mut self,
+        id: &SessionId,
+        content: Arc<str>,
+        latency_ms: u64,
+    ) -> Option<RowChange> {
+        let limits = self.limits.clone();
+        let session = self.sessions.get_mut(id)?;
+        session.push(ChatMessage::assistant(content), &limits);
+        session.messages += 1;
+        if session.response_ms.len() == RESPONSE_WINDOW {
+            session.response_ms.pop_front();
+        }
+        session.response_ms.push_back(latency_ms);
+        Some(Self::row(id, session))
+    }
+
+    /// Ends a session at once (admin). Returns its connection to close, and the final row.
+    pub fn end(
+        &mut self,
+        id: &SessionId,
+        now_ms: i64,
+    ) -> Option<(Option<Recipient<SessionEnded>>, RowChange)> {
+        let mut session = self.sessions.remove(id)?;
+        let attachment = session.attachment.take();
+        if attachment.is_some() {
+            self.active -= 1;
+        }
+        session.ended_at_ms.get_or_insert(now_ms);
+        let row = Self::row(id, &session);
+        Some((attachment.map(|a| a.connection), row))
+    }
+
+    /// Drops sessions that ended more than the TTL ago; returns how many.
+    pub fn evict_expired(&mut self, now: Instant) -> usize {
+        let before = self.sessions.len();
+        let ttl = self.ttl;
+        self.sessions.retain(|_, s| {
+            s.ended_at
+                .is_none_or(|ended| now.duration_since(ended) < ttl)
+        });
+        before - self.sessions.len()
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            active: self.active,
+            inactive: self.sessions.len() - self.active,
+            total: self.sessions.len(),
+        }
+    }
+}
+
+pub struct SessionRegistry {
+    state: RegistryState,
+    cleanup_every: Duration,
+    flusher: Addr<DbFlusher>,
+}
+
+impl SessionRegistry {
+    pub fn new(
+        limits: HistoryLimits,
+        ttl: Duration,
+        cleanup_every: Duration,
+        flusher: Addr<DbFlusher>,
+    ) -> Self {
+        SessionRegistry {
+            state: RegistryState::new(limits, ttl),
+            cleanup_every,
+            flusher,
+        }
+    }
+
+    fn persist(&self, row: SessionRow) {
+        // The flusher's buffer is bounded and counts what it drops; a full mailbox must not
+        // stall chats, so this never waits.
+        self.flusher.do_send(EnqueueSession { row });
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Actor for SessionRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(16_384);
+        ctx.run_interval(self.cleanup_every, |act, _| {
+            let evicted = act.state.evict_expired(Instant::now());
+            let stats = act.state.stats();
+            log::info!(
+                "event=session_cleanup evicted={evicted} active={} inactive={}",
+                stats.active,
+                stats.inactive
+            );
+        });
+        log::info!("event=actor_started actor=session_registry");
+    }
+}
+
+impl Handler<OpenSession> for SessionRegistry {
+    type Result = MessageResult<OpenSession>;
+
+    fn handle(&mut self, msg: OpenSession, _: &mut Context<Self>) -> Self::Result {
+        let (opened, previous, row) = self.state.open(
+            msg.user,
+            msg.resume,
+            (msg.conn_id, msg.connection),
+            Instant::now(),
+            now_ms(),
+        );
+        if let Some(previous) = previous {
+            previous.do_send(SessionEnded {
+                code: 1008,
+                reason: "session resumed by another connection".into(),
+            });
+        }
+        self.persist(row);
+        MessageResult(opened)
+    }
+}
+
+impl Handler<DetachSession> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: DetachSession, _: &mut Context<Self>) {
+        if let Some(row) = self
+            .state
+            .detach(&msg.id, msg.conn_id, Instant::now(), now_ms())
+        {
+            self.persist(row);
+        }
+    }
+}
+
+impl Handler<AppendUserMessage> for SessionRegistry {
+    type Result = Result<Vec<ChatMessage>, AppError>;
+
+    fn handle(&mut self, msg: AppendUserMessage, _: &mut Context<Self>) -> Self::Result {
+        self.state.append_user(&msg.id, msg.content)
+    }
+}
+
+impl Handler<RecordReply> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecordReply, _: &mut Context<Self>) {
+        if let Some(row) = self
+            .state
+            .record_reply(&msg.id, msg.content, msg.latency_ms)
+        {
+            self.persist(row);
+        }
+    }
+}
+
+impl Handler<EndSession> for SessionRegistry {
+    type Result = Result<(), AppError>;
+
+    fn handle(&mut self, msg: EndSession, _: &mut Context<Self>) -> Self::Result {
+        let (connection, row) = self
+            .state
+            .end(&msg.id, now_ms())
+            .ok_or_else(|| AppError::NotFound(format!("no session {}", msg.id)))?;
+        if let Some(connection) = connection {
+            connection.do_send(SessionEnded {
+                code: 1008,
+                reason: "session ended by an administrator".into(),
+            });
+        }
+        self.persist(row);
+        Ok(())
+    }
+}
+
+impl Handler<GetSessionStats> for SessionRegistry {
+    type Result = MessageResult<GetSessionStats>;
+
+    fn handle(&mut self, _: GetSessionStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.stats())
+    }
+}

@@ -1,0 +1,222 @@
+//! JWT (HS256) identities. Tokens are verified without touching the database: the user row is
+//! created by the first chat or WebSocket handshake, where the database is consulted anyway.
+
+use std::future::{ready, Ready};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::UserId;
+use crate::error::AppError;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    User,
+    Admin,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// Who made a request, as proven by a valid token.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user: UserId,
+    pub role: Role,
+}
+
+/// Signing and verification keys derived once from the secret.
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8]) -> JwtKeys {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Expiry is honoured to the second: the tokens come from the operator's own backend,
+        // which shares our clock closely enough that a grace minute would only hide bugs.
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        JwtKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    pub fn mint(&self, sub: &str, role: Role, ttl_secs: u64) -> Result<String, AppError> {
+        let claims = Claims {
+            sub: sub.to_string(),
+            exp: unix_now_secs().saturating_add(ttl_secs),
+            role,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(AppError::internal)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AppError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|err| {
+                use jsonwebtoken::errors::ErrorKind;
+                let why = match err.kind() {
+                    ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::InvalidSignature => "token signature does not match",
+                    _ => "token is malformed or missing required claims",
+                };
+                AppError::Unauthorized(why.to_string())
+            })?;
+        let user = UserId::parse(&data.claims.sub)
+            .map_err(|err| AppError::Unauthorized(format!("token claim sub: {err}")))?;
+        Ok(Identity {
+            user,
+            role: data.claims.role,
+        })
+    }
+}
+
+fn unix_now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The raw token from `Authorization: Bearer …` or, failing that, the `token` query parameter
+/// (browsers cannot set headers on a WebSocket handshake).
+pub fn token_from_request(req: &HttpRequest) -> Option<String> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+            return Some(token.trim().to_string());
+        }
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct TokenQuery {
+        token: Option<String>,
+    }
+    web::Query::<TokenQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.into_inner().token)
+        .filter(|t| !t.is_empty())
+}
+
+pub fn authenticate(req: &HttpRequest) -> Result<Identity, AppError> {
+    let keys = req
+        .app_data::<web::Data<JwtKeys>>()
+        .ok_or_else(|| AppError::internal("JwtKeys missing from app data"))?;
+    let token = token_from_request(req).ok_or_else(|| {
+        AppError::Unauthorized(
+            "missing token: send `Authorization: Bearer <jwt>` or the `token` query parameter"
+                .into(),
+        )
+    })?;
+    keys.verify(&token)
+}
+
+/// Extractor for any authenticated caller (user or admin).
+pub struct UserIdentity(pub Identity);
+
+/// Extractor that additionally requires `role = admin`.
+pub struct AdminIdentity(pub Identity);
+
+impl FromRequest for UserIdentity {
+    type Error = AppError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req).map(UserIdentity))
+    }
+}
+
+impl FromRequest for AdminIdentity {
+    type Error = AppError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req).and_then(|identity| match identity.role {
+            Role::Admin => Ok(AdminIdentity(identity)),
+            Role::User => Err(AppError::Forbidden(
+                "this endpoint needs a token with role admin".into(),
+            )),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use actix_web::test::TestRequest;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
+
+    #[test]
+    fn minted_token_verifies_with_role() {
+        let keys = JwtKeys::new(SECRET);
+        let token = keys.mint("alice", Role::Admin, 60).expect("mint");
+        let identity = keys.verify(&token).expect("verify");
+        assert_eq!(identity.user.as_str(), "alice");
+        assert_eq!(identity.role, Role::Admin);
+    }
+
+    #[test]
+    fn other_secret_and_expired_are_unauthorized() {
+        let keys = JwtKeys::new(SECRET);
+        let other = JwtKeys::new(b"another-secret-another-secret-another");
+        let token = other.mint("alice", Role::User, 60).expect("mint");
+        assert_eq!(
+            keys.verify(&token).map(|_| ()).unwrap_err().code(),
+            ErrorCode::Unauthorized
+        );
+
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: unix_now_secs() - 5,
+            role: Role::User,
+        };
+        let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding)
+            .expect("encode");
+        let err = keys.verify(&expired).map(|_| ()).unwrap_err();
+        assert_eq!(err.to_string(), "token expired");
+    }
+
+    #[test]
+    fn sub_longer_than_128_is_rejected() {
+        let keys = JwtKeys::new(SECRET);
+        let token = keys.mint(&"x".repeat(129), Role::User, 60).expect("mint");
+        assert!(keys.verify(&token).is_err());
+    }
+
+    #[test]
+    fn bearer_header_wins_over_query() {
+        let req = TestRequest::default()
+            .uri("/ws?token=fromquery")
+            .insert_header((header::AUTHORIZATION, "Bearer fromheader"))
+            .to_http_request();
+        assert_eq!(token_from_request(&req).as_deref(), Some("fromheader"));
+        let req = TestRequest::default()
+            .uri("/ws?token=fromquery")
+            .to_http_request();
+        assert_eq!(token_from_request(&req).as_deref(), Some("fromquery"));
+        let req = TestRequest::default()
+            .insert_header((header::AUTHORIZATION, "Basic abc"))
+            .to_http_request();
+        assert_eq!(token_from_request(&req), None);
+    }
+}

@@ -1,0 +1,8 @@
+//! One chat pipeline for every transport: admission (model, rate limit, quota), the model
+//! stream with its deadline and cancellation, and exactly one request record per admitted
+//! chat.
+
+pub mod message;
+pub mod pipeline;
+
+pub use pipeline::{CancelReason, ChatEvent, ChatHandle, ChatPipeline, ChatRequest, HistorySource};

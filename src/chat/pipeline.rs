@@ -1,0 +1,334 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::actors::metrics::{MetricsAggregator, Outcome, RecordRejection, RecordRequest};
+use crate::actors::quota_keeper::{quota_retry_after, GiveBackQuota, QuotaKeeper, TakeQuota};
+use crate::actors::rate_limiter::{Admission, Check, RateLimiter};
+use crate::actors::session_registry::{AppendUserMessage, RecordReply, SessionRegistry};
+use crate::chat::message::{count_words, ChatMessage};
+use crate::db::queries::quota::QuotaTake;
+use crate::domain::{QuotaDay, SessionId, UserId};
+use crate::error::AppError;
+use crate::providers::{Model, ModelCatalog, ProviderEvent, Usage};
+
+/// Where the conversation the model sees comes from.
+pub enum HistorySource {
+    /// A WebSocket session: the message joins the session's history, and a finished reply
+    /// joins it too.
+    Session { id: SessionId, content: Arc<str> },
+    /// A stateless request (OpenAI API): the caller sends the whole conversation.
+    Given(Vec<ChatMessage>),
+}
+
+pub struct ChatRequest {
+    pub user: UserId,
+    pub model: String,
+    pub history: HistorySource,
+    /// When the request arrived; latency is measured from here.
+    pub received: Instant,
+}
+
+/// What the transport relays to its client, in order. After `Done` or `Error` nothing follows.
+#[derive(Debug)]
+pub enum ChatEvent {
+    Delta(String),
+    Done {
+        usage: Usage,
+        latency_ms: u64,
+        cancelled: bool,
+    },
+    Error(AppError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The client asked (`cancel` frame): the reply ends with `done`, `cancelled: true`.
+    Client,
+    /// The server is shutting down: the reply ends with an `unavailable` error.
+    Shutdown,
+}
+
+/// The transport's side of a running chat. Dropping `events` (client gone) stops the chat.
+pub struct ChatHandle {
+    pub events: mpsc::Receiver<ChatEvent>,
+    pub cancel: oneshot::Sender<CancelReason>,
+}
+
+pub struct ChatPipeline {
+    pub rate_limiter: Addr<RateLimiter>,
+    pub quota: Addr<QuotaKeeper>,
+    pub registry: Addr<SessionRegistry>,
+    pub metrics: Addr<MetricsAggregator>,
+    pub models: ModelCatalog,
+}
+
+/// Enough room that a fast model never waits on a transport that is keeping up, small enough
+/// that a stalled client holds little.
+const EVENT_BUFFER: usize = 64;
+
+impl ChatPipeline {
+    /// Starts a chat on the current worker. Events arrive on the handle.
+    pub fn start(self: &Arc<Self>, request: ChatRequest) -> ChatHandle {
+        let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
+        let (cancel, cancel_rx) = oneshot::channel();
+        let pipeline = self.clone();
+        actix_web::rt::spawn(async move { pipeline.run(request, events_tx, cancel_rx).await });
+        ChatHandle { events, cancel }
+    }
+
+    fn reject(&self, events: &mpsc::Sender<ChatEvent>, err: AppError) {
+        self.metrics.do_send(RecordRejection { code: err.code() });
+        let _ = events.try_send(ChatEvent::Error(err));
+    }
+
+    /// Admission: every refusal here is not usage. `Ok` means a quota unit was taken.
+    async fn admit(&self, request: &ChatRequest) -> Result<Model, AppError> {
+        let model = self.models.get(&request.model).cloned().ok_or_else(|| {
+            AppError::UnsupportedModel(format!(
+                "model {:?} is not served here; available: {}",
+                request.model,
+                self.models.names().join(", ")
+            ))
+        })?;
+        let key: Arc<str> = Arc::from(request.user.as_str());
+        match self.rate_limiter.send(Check { key }).await {
+            Ok(Admission::Allowed) => {}
+            Ok(Admission::Limited { retry_after }) => {
+                return Err(AppError::RateLimited {
+                    message: "too many chats; slow down".into(),
+                    retry_after,
+                })
+            }
+            Err(err) => return Err(AppError::unavailable_mailbox("rate_limiter", err)),
+        }
+        let take = self
+            .quota
+            .send(TakeQuota {
+                user: request.user.clone(),
+                day: QuotaDay::today(),
+            })
+            .await
+            .map_err(|err| AppError::unavailable_mailbox("quota_keeper", err))??;
+        match take {
+            QuotaTake::Taken { .. } => Ok(model),
+            QuotaTake::Exceeded { limit } => Err(AppError::QuotaExceeded {
+                message: format!("daily quota of {limit} chats used up; it resets at 00:00 UTC"),
+                retry_after: quota_retry_after(),
+            }),
+            QuotaTake::Disabled => Err(AppError::Forbidden("this user is disabled".into())),
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        request: ChatRequest,
+        events: mpsc::Sender<ChatEvent>,
+        mut cancel: oneshot::Receiver<CancelReason>,
+    ) {
+        let day = QuotaDay::today();
+        let model = match self.admit(&request).await {
+            Ok(model) => model,
+            Err(err) => return self.reject(&events, err),
+        };
+        let started_at_ms = chrono::Utc::now().timestamp_millis();
+        let mut run = Run::new(&request, &model, started_at_ms);
+
+        let (session, messages) = match &request.history {
+            HistorySource::Session { id, content } => {
+                let appended = self
+                    .registry
+                    .send(AppendUserMessage {
+                        id: id.clone(),
+                        content: content.clone(),
+                    })
+                    .await
+                    .map_err(|err| AppError::unavailable_mailbox("session_registry", err))
+                    .and_then(|r| r);
+                match appended {
+                    Ok(history) => (Some(id.clone()), history),
+                    Err(err) => {
+                        return self.finish(run, &events, Ending::Failed(err), &request, &day)
+                    }
+                }
+            }
+            HistorySource::Given(messages) => (None, messages.clone()),
+        };
+        run.session = session;
+        run.estimated_usage.prompt_tokens = count_words(&messages);
+
+        // The client may have cancelled or left while we were admitting.
+        if let Ok(reason) = cancel.try_recv() {
+            return self.finish(run, &events, Ending::Cancelled(reason), &request, &day);
+        }
+        if events.is_closed() {
+            return self.finish(run, &events, Ending::ClientGone, &request, &day);
+        }
+
+        let deadline = tokio::time::sleep_until(Instant::now() + model.timeout);
+        tokio::pin!(deadline);
+        let mut stream = model.provider.stream(messages);
+        let ending = loop {
+            tokio::select! {
+                biased;
+                reason = &mut cancel => match reason {
+                    Ok(reason) => break Ending::Cancelled(reason),
+                    // The transport dropped its handle without a word: it is gone.
+                    Err(_) => break Ending::ClientGone,
+                },
+                _ = events.closed() => break Ending::ClientGone,
+                _ = &mut deadline => break Ending::Failed(AppError::UpstreamTimeout(format!(
+                    "model {} did not finish within {} s", model.name, model.timeout.as_secs()
+                ))),
+                item = stream.next() => match item {
+                    Some(Ok(ProviderEvent::Delta(text))) => {
+                        run.on_delta(&text);
+                        if events.send(ChatEvent::Delta(text)).await.is_err() {
+                            break Ending::ClientGone;
+                        }
+                    }
+                    Some(Ok(ProviderEvent::Usage(usage))) => run.reported_usage = Some(usage),
+                    Some(Err(err)) => break Ending::Failed(err),
+                    None => break Ending::Finished,
+                },
+            }
+        };
+        // Dropping the stream here closes any upstream request before the record is written.
+        drop(stream);
+        if let (Ending::Failed(AppError::UpstreamTimeout(_)), Some(session)) =
+            (&ending, &run.session)
+        {
+            log::warn!(
+                "event=upstream_timeout session={session} model={} elapsed_ms={}",
+                model.name,
+                request.received.elapsed().as_millis()
+            );
+        }
+        self.finish(run, &events, ending, &request, &day)
+    }
+
+    /// Sends the last frame, gives back the quota when nothing was delivered, appends a good
+    /// reply to the session, and records the request: once, whatever happened.
+    fn finish(
+        &self,
+        run: Run,
+        events: &mpsc::Sender<ChatEvent>,
+        ending: Ending,
+        request: &ChatRequest,
+        day: &QuotaDay,
+    ) {
+        let latency_ms = request.received.elapsed().as_millis() as u64;
+        let usage = run.reported_usage.unwrap_or(run.estimated_usage);
+        let (outcome, last) = match ending {
+            Ending::Finished => (
+                Outcome::Ok,
+                Some(ChatEvent::Done {
+                    usage,
+                    latency_ms,
+                    cancelled: false,
+                }),
+            ),
+            Ending::Cancelled(CancelReason::Client) => (
+                Outcome::Cancelled,
+                Some(ChatEvent::Done {
+                    usage,
+                    latency_ms,
+                    cancelled: true,
+                }),
+            ),
+            Ending::Cancelled(CancelReason::Shutdown) => (
+                Outcome::Error(crate::error::ErrorCode::Unavailable),
+                Some(ChatEvent::Error(AppError::Unavailable(
+                    "the server is shutting down; reconnect shortly".into(),
+                ))),
+            ),
+            Ending::ClientGone => (Outcome::Cancelled, None),
+            Ending::Failed(err) => (Outcome::Error(err.code()), Some(ChatEvent::Error(err))),
+        };
+        if matches!(outcome, Outcome::Error(_)) && run.deltas == 0 {
+            self.quota.do_send(GiveBackQuota {
+                user: request.user.clone(),
+                day: *day,
+            });
+        }
+        if outcome == Outcome::Ok {
+            if let Some(session) = &run.session {
+                self.registry.do_send(RecordReply {
+                    id: session.clone(),
+                    content: Arc::from(run.reply.as_str()),
+                    latency_ms,
+                });
+            }
+        }
+        if let Some(last) = last {
+            // The last frame must not be lost to a momentarily full buffer.
+            if let Err(mpsc::error::TrySendError::Full(last)) = events.try_send(last) {
+                let events = events.clone();
+                actix_web::rt::spawn(async move {
+                    let _ = events.send(last).await;
+                });
+            }
+        }
+        self.metrics.do_send(RecordRequest {
+            id: uuid::Uuid::new_v4(),
+            user: request.user.clone(),
+            session: run.session,
+            model: run.model,
+            started_at_ms: run.started_at_ms,
+            latency_ms,
+            tokens_in: usage.prompt_tokens,
+            tokens_out: usage.completion_tokens,
+            estimated: run.reported_usage.is_none(),
+            outcome,
+        });
+    }
+}
+
+enum Ending {
+    Finished,
+    Cancelled(CancelReason),
+    ClientGone,
+    Failed(AppError),
+}
+
+/// What is known about an admitted chat while it runs.
+struct Run {
+    model: Arc<str>,
+    session: Option<SessionId>,
+    started_at_ms: i64,
+    deltas: u64,
+    reply: String,
+    keep_reply: bool,
+    estimated_usage: Usage,
+    reported_usage: Option<Usage>,
+}
+
+impl Run {
+    fn new(request: &ChatRequest, model: &Model, started_at_ms: i64) -> Run {
+        Run {
+            model: model.name.clone(),
+            session: None,
+            started_at_ms,
+            deltas: 0,
+            reply: String::new(),
+            keep_reply: matches!(request.history, HistorySource::Session { .. }),
+            estimated_usage: Usage::default(),
+            reported_usage: None,
+        }
+    }
+
+    fn on_delta(&mut self, text: &str) {
+        self.deltas += 1;
+        self.estimated_usage.completion_tokens += 1;
+        if self.keep_reply {
+            self.reply.push_str(text);
+        }
+    }
+}
+
+/// Used by transports to bound how long they wait for a final frame after cancelling.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);

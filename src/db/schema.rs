@@ -1,0 +1,33 @@
+// One schema for both backends: only types both support, times as epoch-ms BIGINT.
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        daily_limit -> Nullable<BigInt>,
+        disabled -> Bool,
+        version -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    quota_usage (user_id, day) {
+        user_id -> Text,
+        day -> Text,
+        used -> BigInt,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        user_id -> Text,
+        started_at -> BigInt,
+        ended_at -> Nullable<BigInt>,
+        messages -> BigInt,
+        avg_response_ms -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(quota_usage -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(users, quota_usage, sessions);

@@ -1,0 +1,66 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
+
+/// A UTC calendar day, the unit a daily quota is counted in. Stored as `YYYY-MM-DD` so rows
+/// read the same on both backends and sort by date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QuotaDay(NaiveDate);
+
+impl QuotaDay {
+    pub fn of(now: DateTime<Utc>) -> QuotaDay {
+        QuotaDay(now.date_naive())
+    }
+
+    pub fn today() -> QuotaDay {
+        QuotaDay::of(Utc::now())
+    }
+
+    pub fn as_key(&self) -> String {
+        self.0.format("%Y-%m-%d").to_string()
+    }
+
+    /// Time from `now` until the next UTC midnight: when a user over quota may try again.
+    pub fn until_next_day(now: DateTime<Utc>) -> Duration {
+        let tomorrow = now
+            .date_naive()
+            .checked_add_days(Days::new(1))
+            .map(|day| day.and_time(NaiveTime::MIN).and_utc());
+        match tomorrow {
+            Some(midnight) => (midnight - now).to_std().unwrap_or(Duration::from_secs(1)),
+            None => Duration::from_secs(86_400),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn key_is_iso_date_in_utc() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 3, 9, 23, 59, 59)
+            .single()
+            .expect("date");
+        assert_eq!(QuotaDay::of(now).as_key(), "2026-03-09");
+    }
+
+    #[test]
+    fn retry_until_midnight() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 3, 9, 23, 0, 0)
+            .single()
+            .expect("date");
+        assert_eq!(QuotaDay::until_next_day(now), Duration::from_secs(3600));
+        let midnight = Utc
+            .with_ymd_and_hms(2026, 3, 10, 0, 0, 0)
+            .single()
+            .expect("date");
+        assert_eq!(
+            QuotaDay::until_next_day(midnight),
+            Duration::from_secs(86_400)
+        );
+    }
+}

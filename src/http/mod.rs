@@ -1,0 +1,14 @@
+//! The single route table, used by `startup` and by the tests.
+
+pub mod admin_users;
+pub mod health;
+pub mod openai;
+
+use actix_web::web;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::healthz)
+        .service(health::readyz)
+        .service(openai::list_models)
+        .service(admin_users::get_user);
+}

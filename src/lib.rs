@@ -1,0 +1,12 @@
+pub mod actors;
+pub mod auth;
+pub mod chat;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod logging;
+pub mod providers;
+pub mod startup;

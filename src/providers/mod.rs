@@ -1,0 +1,89 @@
+//! Models behind one streaming interface. A provider turns a conversation into a stream of
+//! events; dropping the stream cancels the work (and closes any upstream connection).
+
+pub mod echo;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+
+use crate::chat::message::ChatMessage;
+use crate::config::{ModelSettings, ProviderKind, Settings};
+use crate::error::AppError;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderEvent {
+    Delta(String),
+    /// Token counts as the model reports them (at most once, usually last).
+    Usage(Usage),
+}
+
+/// Not `Send`: streams live on the worker thread that started them (awc is thread-local).
+pub type ProviderStream = Pin<Box<dyn Stream<Item = Result<ProviderEvent, AppError>>>>;
+
+pub trait Provider: Send + Sync {
+    fn stream(&self, messages: Vec<ChatMessage>) -> ProviderStream;
+}
+
+/// A served model: its settings and the provider that runs it.
+#[derive(Clone)]
+pub struct Model {
+    pub name: Arc<str>,
+    pub settings: ModelSettings,
+    pub timeout: Duration,
+    pub provider: Arc<dyn Provider>,
+}
+
+/// The models chatgate serves, by name. Immutable after start.
+#[derive(Clone, Default)]
+pub struct ModelCatalog {
+    models: HashMap<String, Model>,
+    names: Vec<String>,
+}
+
+impl ModelCatalog {
+    pub fn from_settings(settings: &Settings) -> Result<ModelCatalog, AppError> {
+        let mut catalog = ModelCatalog::default();
+        for model in &settings.models {
+            let provider: Arc<dyn Provider> = match model.provider {
+                ProviderKind::Echo => Arc::new(echo::EchoProvider::new(Duration::from_millis(
+                    model.delay_ms,
+                ))),
+                ProviderKind::OpenAi => {
+                    return Err(AppError::internal(format!(
+                        "model {}: the openai provider is not available in this build",
+                        model.name
+                    )))
+                }
+            };
+            catalog.names.push(model.name.clone());
+            catalog.models.insert(
+                model.name.clone(),
+                Model {
+                    name: Arc::from(model.name.as_str()),
+                    settings: model.clone(),
+                    timeout: Duration::from_secs(settings.model_timeout_secs(model)),
+                    provider,
+                },
+            );
+        }
+        Ok(catalog)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Model> {
+        self.models.get(name)
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}

@@ -1,0 +1,206 @@
+//! The binary itself: configuration errors, and SIGTERM handling.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::TEST_SECRET;
+
+fn chatgate(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("CHATGATE_CONFIG")
+        .env_remove("CHATGATE_JWT_SECRET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // A bad config must exit before listening, so this never waits on a running server.
+    cmd.output().expect("run chatgate")
+}
+
+#[test]
+fn weak_short_and_repeated_secrets_each_stop_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("changeme-changeme-changeme-changeme-123", "weak"),
+        ("short-but-random-Xy7", "32"),
+        (&*"z".repeat(40), "repeat"),
+    ];
+    for (secret, expected) in cases {
+        let out = chatgate(
+            &["serve"],
+            &[
+                ("CHATGATE_JWT_SECRET", secret),
+                ("CHATGATE_BIND", "127.0.0.1:0"),
+            ],
+            dir.path(),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(!out.status.success(), "{secret}: serve should refuse");
+        assert!(stderr.contains("chatgate_jwt_secret"), "{secret}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{secret}: expected '{expected}' in: {stderr}"
+        );
+        assert!(
+            !stderr.contains(&secret.to_lowercase()),
+            "the secret itself must not be printed"
+        );
+    }
+}
+
+#[test]
+fn check_config_prints_every_problem_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = chatgate(
+        &["check-config"],
+        &[
+            ("CHATGATE_JWT_SECRET", TEST_SECRET),
+            ("CHATGATE_USER_RATE_LIMIT", "0"),
+            ("CHATGATE_BIND", "not-an-address"),
+            ("CHATGATE_HEARTBEAT_SECS", "abc"),
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "CHATGATE_USER_RATE_LIMIT",
+        "CHATGATE_BIND",
+        "CHATGATE_HEARTBEAT_SECS",
+    ] {
+        assert!(stderr.contains(key), "missing {key} in: {stderr}");
+    }
+}
+
+#[test]
+fn valid_config_passes_check_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = chatgate(
+        &["check-config"],
+        &[("CHATGATE_JWT_SECRET", TEST_SECRET)],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
+
+#[test]
+fn migrate_applies_then_reports_up_to_date() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("m.db");
+    let db = db.to_str().expect("utf8 path");
+    let first = chatgate(&["migrate"], &[("DATABASE_URL", db)], dir.path());
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied"));
+    let second = chatgate(&["migrate"], &[("DATABASE_URL", db)], dir.path());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
+}
+
+/// Starts `chatgate serve` and returns it once it logged its address.
+fn start_server(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+    cmd.arg("serve")
+        .args(extra)
+        .current_dir(dir)
+        .env_remove("CHATGATE_CONFIG")
+        .env("CHATGATE_JWT_SECRET", TEST_SECRET)
+        .env("CHATGATE_BIND", "127.0.0.1:0")
+        .env("DATABASE_URL", dir.join("serve.db"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server logged its address");
+    (child, addr)
+}
+
+fn wait_exit(child: &mut std::process::Child, deadline: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn sigterm_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, addr) = start_server(dir.path(), &[]);
+    let healthy = std::net::TcpStream::connect(&addr).is_ok();
+    assert!(healthy, "server at {addr} accepts connections");
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn serve_dev_prints_ready_tokens_and_the_dashboard_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+    cmd.args(["serve", "--dev"])
+        .current_dir(dir.path())
+        .env_remove("CHATGATE_CONFIG")
+        .env_remove("CHATGATE_JWT_SECRET")
+        .env("CHATGATE_BIND", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            seen.push(line);
+            if seen.iter().any(|l| l.contains("user token:")) {
+                let _ = tx.send(seen.join("\n"));
+                return;
+            }
+        }
+    });
+    let banner = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("dev banner");
+    signal(&child, "-INT");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+    assert!(banner.contains("DEVELOPMENT MODE"), "{banner}");
+    assert!(banner.contains("/admin#token="), "{banner}");
+    assert!(banner.contains("admin token: ey"), "{banner}");
+}

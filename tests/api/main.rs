@@ -1,0 +1,5 @@
+mod auth;
+mod cli;
+mod health;
+mod helpers;
+mod quota_primitive;
