@@ -10,3 +10,4 @@ pub mod http;
 pub mod logging;
 pub mod providers;
 pub mod startup;
+pub mod ws;

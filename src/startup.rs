@@ -9,17 +9,87 @@ use actix_web::{middleware, web, App, HttpRequest, HttpServer};
 use anyhow::Context;
 use tokio::sync::watch;
 
+use actix::{Actor, Addr};
+
+use crate::actors::db_flusher::{DbBatchWriter, DbFlusher, FlusherSettings, Shutdown};
+use crate::actors::metrics::{GetMetricsSnapshot, MetricsAggregator};
+use crate::actors::quota_keeper::QuotaKeeper;
+use crate::actors::rate_limiter::RateLimiter;
+use crate::actors::session_registry::{HistoryLimits, SessionRegistry};
+use crate::actors::ws_hub::{CloseAllConnections, GetHubStats, WsHub};
 use crate::auth::JwtKeys;
+use crate::chat::ChatPipeline;
 use crate::config::Settings;
 use crate::db::{self, retry::Backoff, DatabaseUrl, DbPool, PoolSettings};
 use crate::error::AppError;
 use crate::http;
+use crate::providers::ModelCatalog;
 
-/// What handlers share: immutable settings and addresses. Nothing in here is locked.
+/// What handlers share: immutable settings and actor addresses. Nothing in here is locked;
+/// all mutable state lives inside the actors.
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: DbPool,
     pub jwt: JwtKeys,
+    pub pipeline: Arc<ChatPipeline>,
+    pub registry: Addr<SessionRegistry>,
+    pub hub: Addr<WsHub>,
+    pub quota: Addr<QuotaKeeper>,
+    pub flusher: Addr<DbFlusher>,
+    pub metrics: Addr<MetricsAggregator>,
+    pub user_limiter: Addr<RateLimiter>,
+}
+
+/// Starts every actor on the current arbiter and returns the shared state.
+fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::Result<AppState> {
+    let timers = &settings.timers;
+    let limits = &settings.limits;
+    let flusher = DbFlusher::new(
+        Arc::new(DbBatchWriter { db: pool.clone() }),
+        FlusherSettings {
+            interval: Duration::from_millis(timers.flush_interval_ms),
+            flush_threshold_rows: 2_000,
+            max_batch_rows: 5_000,
+            retry: Backoff::default(),
+        },
+    )
+    .start();
+    let registry = SessionRegistry::new(
+        HistoryLimits {
+            max_messages: limits.history_max_messages,
+            max_bytes: limits.history_max_bytes,
+        },
+        Duration::from_secs(timers.session_ttl_secs),
+        Duration::from_secs(timers.session_cleanup_secs),
+        flusher.clone(),
+    )
+    .start();
+    let user_window = Duration::from_secs(limits.user_rate_window_secs);
+    let user_limiter =
+        RateLimiter::new("users", limits.user_rate_limit, user_window, user_window).start();
+    let quota = QuotaKeeper::new(pool.clone(), limits.daily_quota).start();
+    let metrics = MetricsAggregator::default().start();
+    let hub = WsHub::new(&settings.server.allowed_origins).start();
+    let models = ModelCatalog::from_settings(&settings).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let pipeline = Arc::new(ChatPipeline {
+        rate_limiter: user_limiter.clone(),
+        quota: quota.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        models,
+    });
+    Ok(AppState {
+        settings,
+        db: pool,
+        jwt,
+        pipeline,
+        registry,
+        hub,
+        quota,
+        flusher,
+        metrics,
+        user_limiter,
+    })
 }
 
 /// Cloneable trigger for a graceful shutdown, for callers that do not send signals (tests,
@@ -96,11 +166,7 @@ impl Application {
             .context("no JWT secret configured")?;
         let jwt = JwtKeys::new(secret.expose().as_bytes());
 
-        let state = web::Data::new(AppState {
-            settings: settings.clone(),
-            db: pool,
-            jwt: jwt.clone(),
-        });
+        let state = web::Data::new(start_actors(settings.clone(), pool, jwt.clone())?);
 
         let listener = TcpListener::bind(settings.bind_addr())
             .with_context(|| format!("cannot listen on {}", settings.server.bind))?;
@@ -164,23 +230,63 @@ impl Application {
             "event=shutdown_started deadline_secs={}",
             deadline.as_secs()
         );
-        shutdown(handle, deadline).await;
+        shutdown(&state, handle, deadline).await;
         let _ = server_task.await;
         log::info!("event=shutdown_finished");
         Ok(())
     }
 }
 
-async fn shutdown(handle: ServerHandle, deadline: Duration) {
-    if tokio::time::timeout(deadline, handle.stop(true))
+/// Stop accepting, close every WebSocket (replies end with `unavailable`, then 1001), let
+/// in-flight HTTP requests finish, then write everything buffered — within `deadline`.
+async fn shutdown(state: &AppState, handle: ServerHandle, deadline: Duration) {
+    let until = tokio::time::Instant::now() + deadline;
+    handle.pause().await;
+    let closing = state
+        .hub
+        .send(CloseAllConnections {
+            code: 1001,
+            reason: "server shutting down".into(),
+        })
+        .await;
+    log::info!(
+        "event=shutdown_closing_websockets connections={}",
+        closing.unwrap_or(0)
+    );
+    loop {
+        match state.hub.send(GetHubStats).await {
+            Ok(stats) if stats.connections > 0 && tokio::time::Instant::now() < until => {
+                actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(stats) if stats.connections > 0 => {
+                log::warn!(
+                    "event=shutdown_deadline_passed what=websockets open={}",
+                    stats.connections
+                );
+                break;
+            }
+            _ => break,
+        }
+    }
+    let http_left = until.saturating_duration_since(tokio::time::Instant::now());
+    if tokio::time::timeout(http_left, handle.stop(true))
         .await
         .is_err()
     {
-        log::warn!(
-            "event=shutdown_deadline_passed what=http_connections deadline_secs={}",
-            deadline.as_secs()
-        );
+        log::warn!("event=shutdown_deadline_passed what=http_requests");
         handle.stop(false).await;
+    }
+    // Records of the replies just ended pass through the aggregator first; a round trip
+    // there guarantees they reached the flusher before its final flush.
+    let _ = state.metrics.send(GetMetricsSnapshot).await;
+    let flush_left = until
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_millis(500));
+    match tokio::time::timeout(flush_left, state.flusher.send(Shutdown)).await {
+        Ok(Ok(Ok(()))) => log::info!("event=shutdown_flushed"),
+        Ok(Ok(Err(err))) => log::error!("event=shutdown_flush_failed error={err}"),
+        Ok(Err(err)) => log::error!("event=shutdown_flush_failed error={err}"),
+        Err(_) => log::warn!("event=shutdown_deadline_passed what=final_flush"),
     }
 }
 

@@ -5,3 +5,4 @@ pub mod metrics;
 pub mod quota_keeper;
 pub mod rate_limiter;
 pub mod session_registry;
+pub mod ws_hub;

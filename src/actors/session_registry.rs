@@ -15,17 +15,10 @@ use crate::chat::message::ChatMessage;
 use crate::db::models::SessionRow;
 use crate::domain::{SessionId, UserId};
 use crate::error::AppError;
+use crate::ws::connection::CloseConnection;
 
 /// How many response times a session keeps for its average.
 const RESPONSE_WINDOW: usize = 100;
-
-/// Sent to a connection whose session was ended elsewhere (admin, resume from a new socket).
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub struct SessionEnded {
-    pub code: u16,
-    pub reason: String,
-}
 
 #[derive(Message)]
 #[rtype(result = "SessionOpened")]
@@ -33,7 +26,7 @@ pub struct OpenSession {
     pub user: UserId,
     pub resume: Option<SessionId>,
     pub conn_id: u64,
-    pub connection: Recipient<SessionEnded>,
+    pub connection: Recipient<CloseConnection>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +86,7 @@ pub struct HistoryLimits {
 
 struct Attachment {
     conn_id: u64,
-    connection: Recipient<SessionEnded>,
+    connection: Recipient<CloseConnection>,
 }
 
 struct Session {
@@ -167,10 +160,9 @@ impl RegistryState {
         &mut self,
         user: UserId,
         resume: Option<SessionId>,
-        attachment: (u64, Recipient<SessionEnded>),
-        now: Instant,
+        attachment: (u64, Recipient<CloseConnection>),
         now_ms: i64,
-    ) -> (SessionOpened, Option<Recipient<SessionEnded>>, RowChange) {
+    ) -> (SessionOpened, Option<Recipient<CloseConnection>>, RowChange) {
         let (conn_id, connection) = attachment;
         if let Some(id) = resume {
             if let Some(session) = self.sessions.get_mut(&id).filter(|s| s.user == user) {
@@ -206,7 +198,6 @@ impl RegistryState {
                 connection,
             }),
         };
-        let _ = now;
         let row = Self::row(&id, &session);
         self.sessions.insert(id.clone(), session);
         self.active += 1;
@@ -270,7 +261,7 @@ impl RegistryState {
         &mut self,
         id: &SessionId,
         now_ms: i64,
-    ) -> Option<(Option<Recipient<SessionEnded>>, RowChange)> {
+    ) -> Option<(Option<Recipient<CloseConnection>>, RowChange)> {
         let mut session = self.sessions.remove(id)?;
         let attachment = session.attachment.take();
         if attachment.is_some() {
@@ -358,13 +349,13 @@ impl Handler<OpenSession> for SessionRegistry {
             msg.user,
             msg.resume,
             (msg.conn_id, msg.connection),
-            Instant::now(),
             now_ms(),
         );
         if let Some(previous) = previous {
-            previous.do_send(SessionEnded {
+            previous.do_send(CloseConnection {
                 code: 1008,
                 reason: "session resumed by another connection".into(),
+                cancel_replies: None,
             });
         }
         self.persist(row);
@@ -415,9 +406,10 @@ impl Handler<EndSession> for SessionRegistry {
             .end(&msg.id, now_ms())
             .ok_or_else(|| AppError::NotFound(format!("no session {}", msg.id)))?;
         if let Some(connection) = connection {
-            connection.do_send(SessionEnded {
+            connection.do_send(CloseConnection {
                 code: 1008,
                 reason: "session ended by an administrator".into(),
+                cancel_replies: None,
             });
         }
         self.persist(row);
@@ -430,5 +422,175 @@ impl Handler<GetSessionStats> for SessionRegistry {
 
     fn handle(&mut self, _: GetSessionStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.state.stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap as Model;
+
+    /// A connection stand-in that accepts close requests and does nothing.
+    struct NullConnection;
+    impl Actor for NullConnection {
+        type Context = Context<Self>;
+    }
+    impl Handler<CloseConnection> for NullConnection {
+        type Result = ();
+        fn handle(&mut self, _: CloseConnection, _: &mut Context<Self>) {}
+    }
+
+    fn limits() -> HistoryLimits {
+        HistoryLimits {
+            max_messages: 4,
+            max_bytes: 20,
+        }
+    }
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).expect("user")
+    }
+
+    #[actix::test]
+    async fn history_is_bounded_by_count_and_bytes_oldest_first() {
+        let conn = NullConnection.start().recipient();
+        let mut state = RegistryState::new(limits(), Duration::from_secs(60));
+        let (opened, _, _) = state.open(user("u"), None, (1, conn), 0);
+        for word in ["aaaa", "bbbb", "cccc", "dddd", "eeee"] {
+            state
+                .append_user(&opened.id, Arc::from(word))
+                .expect("append");
+        }
+        let history = state
+            .append_user(&opened.id, Arc::from("ffff"))
+            .expect("append");
+        let contents: Vec<&str> = history.iter().map(|m| &*m.content).collect();
+        assert_eq!(contents, vec!["cccc", "dddd", "eeee", "ffff"]);
+        let big = state
+            .append_user(&opened.id, Arc::from("x".repeat(50)))
+            .expect("append");
+        assert_eq!(big.len(), 1, "an oversized message stays alone");
+    }
+
+    #[actix::test]
+    async fn hundred_thousand_ended_sessions_are_all_swept() {
+        let conn = NullConnection.start().recipient::<CloseConnection>();
+        let start = Instant::now();
+        let mut state = RegistryState::new(limits(), Duration::from_secs(10));
+        for i in 0..100_000u64 {
+            let (opened, _, _) = state.open(user("u"), None, (i, conn.clone()), 0);
+            state.detach(&opened.id, i, start, 0);
+        }
+        assert_eq!(
+            state.stats(),
+            SessionStats {
+                active: 0,
+                inactive: 100_000,
+                total: 100_000
+            }
+        );
+        assert_eq!(state.evict_expired(start + Duration::from_secs(5)), 0);
+        assert_eq!(
+            state.evict_expired(start + Duration::from_secs(11)),
+            100_000
+        );
+        assert_eq!(state.stats(), SessionStats::default());
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Open { user: u8 },
+        Resume { session: usize, user: u8 },
+        Detach { session: usize },
+        End { session: usize },
+        Sweep { after_secs: u64 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..3).prop_map(|user| Step::Open { user }),
+            (0usize..8, 0u8..3).prop_map(|(session, user)| Step::Resume { session, user }),
+            (0usize..8).prop_map(|session| Step::Detach { session }),
+            (0usize..8).prop_map(|session| Step::End { session }),
+            (0u64..20).prop_map(|after_secs| Step::Sweep { after_secs }),
+        ]
+    }
+
+    /// What a session is, in the model: owner, attached connection, when it ended.
+    #[derive(Clone, Debug)]
+    struct ModelSession {
+        user: u8,
+        conn: Option<u64>,
+        ended_at: Option<u64>,
+    }
+
+    proptest! {
+        /// After any sequence of open/resume/detach/end/sweep the registry agrees with a plain
+        /// map, and active + inactive = total.
+        #[test]
+        fn registry_matches_a_simple_model(steps in proptest::collection::vec(step(), 1..60)) {
+            let system = actix::System::new();
+            system.block_on(async move {
+                let conn = NullConnection.start().recipient::<CloseConnection>();
+                let ttl = 10u64;
+                let start = Instant::now();
+                let mut now = 0u64;
+                let mut state = RegistryState::new(limits(), Duration::from_secs(ttl));
+                let mut model: Model<SessionId, ModelSession> = Model::new();
+                let mut ids: Vec<SessionId> = Vec::new();
+                let mut next_conn = 0u64;
+                for step in steps {
+                    next_conn += 1;
+                    match step {
+                        Step::Open { user: u } => {
+                            let (opened, _, _) = state.open(user(&format!("u{u}")), None, (next_conn, conn.clone()), 0);
+                            assert!(!opened.resumed);
+                            model.insert(opened.id.clone(), ModelSession { user: u, conn: Some(next_conn), ended_at: None });
+                            ids.push(opened.id);
+                        }
+                        Step::Resume { session, user: u } => {
+                            let Some(id) = ids.get(session).cloned() else { continue };
+                            let (opened, _, _) = state.open(user(&format!("u{u}")), Some(id.clone()), (next_conn, conn.clone()), 0);
+                            let expect_resume = model.get(&id).is_some_and(|s| s.user == u);
+                            assert_eq!(opened.resumed, expect_resume);
+                            if expect_resume {
+                                let s = model.get_mut(&id).expect("model");
+                                s.conn = Some(next_conn);
+                                s.ended_at = None;
+                            } else {
+                                model.insert(opened.id.clone(), ModelSession { user: u, conn: Some(next_conn), ended_at: None });
+                                ids.push(opened.id);
+                            }
+                        }
+                        Step::Detach { session } => {
+                            let Some(id) = ids.get(session).cloned() else { continue };
+                            let conn_id = model.get(&id).and_then(|s| s.conn);
+                            if let Some(conn_id) = conn_id {
+                                state.detach(&id, conn_id, start + Duration::from_secs(now), 0);
+                                let s = model.get_mut(&id).expect("model");
+                                s.conn = None;
+                                s.ended_at = Some(now);
+                            }
+                        }
+                        Step::End { session } => {
+                            let Some(id) = ids.get(session).cloned() else { continue };
+                            let existed = state.end(&id, 0).is_some();
+                            assert_eq!(existed, model.remove(&id).is_some());
+                        }
+                        Step::Sweep { after_secs } => {
+                            now += after_secs;
+                            state.evict_expired(start + Duration::from_secs(now));
+                            model.retain(|_, s| s.ended_at.is_none_or(|ended| now - ended < ttl));
+                        }
+                    }
+                    let stats = state.stats();
+                    let active = model.values().filter(|s| s.conn.is_some()).count();
+                    assert_eq!(stats.total, model.len());
+                    assert_eq!(stats.active, active);
+                    assert_eq!(stats.active + stats.inactive, stats.total);
+                }
+            });
+        }
     }
 }

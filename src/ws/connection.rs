@@ -1,0 +1,510 @@
+//! One actor per chat WebSocket: handshake checks, the heartbeat, client frames in, reply
+//! frames out. This is the only module that uses `actix-web-actors` (deprecated upstream in
+//! favour of `actix-ws`), so moving off it touches this file alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::clock::Instant;
+use actix::prelude::*;
+use actix_web::web::{self, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use crate::actors::quota_keeper::EnsureUser;
+use crate::actors::session_registry::{DetachSession, OpenSession, SessionRegistry};
+use crate::actors::ws_hub::{CheckOrigin, RegisterConnection, UnregisterConnection, WsHub};
+use crate::auth::authenticate;
+use crate::chat::{CancelReason, ChatEvent, ChatPipeline, ChatRequest, HistorySource};
+use crate::domain::{ChatId, SessionId, UserId};
+use crate::error::AppError;
+use crate::startup::AppState;
+use crate::ws::protocol::{ClientFrame, ServerFrame};
+
+/// Closes the connection with `code`. With `cancel_replies`, running replies are cancelled
+/// first and their final frames sent before the close (bounded by a grace period).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct CloseConnection {
+    pub code: u16,
+    pub reason: String,
+    pub cancel_replies: Option<CancelReason>,
+}
+
+/// The longest a closing connection waits for cancelled replies to send their last frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+pub struct ConnectionSettings {
+    pub heartbeat: Duration,
+    pub client_timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+const BINARY_REFUSED: &str = "binary frames are not accepted; send JSON text frames";
+
+enum Fragments {
+    Text(BytesMut),
+    Binary,
+}
+
+struct RunningChat {
+    cancel: Option<oneshot::Sender<CancelReason>>,
+}
+
+/// An event of one running chat, tagged with its id.
+struct ChatStreamItem {
+    id: ChatId,
+    event: ChatEvent,
+}
+
+pub struct WsConnection {
+    conn_id: u64,
+    user: UserId,
+    resume: Option<SessionId>,
+    session: Option<SessionId>,
+    pipeline: Arc<ChatPipeline>,
+    registry: Addr<SessionRegistry>,
+    hub: Addr<WsHub>,
+    settings: ConnectionSettings,
+    last_heard: Instant,
+    running: HashMap<ChatId, RunningChat>,
+    /// A message arriving in fragments, until its last fragment.
+    fragments: Option<Fragments>,
+    closing: Option<CloseReason>,
+}
+
+impl WsConnection {
+    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: &ServerFrame<'_>) {
+        ctx.text(frame.to_json());
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, reason: &str) {
+        ctx.close(Some(CloseReason {
+            code,
+            description: Some(reason.to_string()),
+        }));
+        ctx.stop();
+    }
+
+    fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let silent = Instant::now().duration_since(self.last_heard);
+        if silent > self.settings.client_timeout {
+            log::info!(
+                "event=ws_timeout conn_id={} user={} silent_ms={}",
+                self.conn_id,
+                self.user,
+                silent.as_millis()
+            );
+            self.close(ctx, CloseCode::Normal, "client silent past the timeout");
+            return;
+        }
+        ctx.ping(b"");
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        match ClientFrame::parse(text) {
+            Ok(ClientFrame::Ping) => self.send(ctx, &ServerFrame::Pong),
+            Ok(ClientFrame::Cancel { id }) => {
+                // A cancel for a reply that already ended is ignored: after its `done` or
+                // `error`, no more frames may name that id.
+                if let Some(cancel) = self.running.get_mut(&id).and_then(|r| r.cancel.take()) {
+                    let _ = cancel.send(CancelReason::Client);
+                }
+            }
+            Ok(ClientFrame::Chat { id, model, content }) => {
+                self.start_chat(id, model, content, ctx)
+            }
+            Err(err) => {
+                let frame =
+                    ServerFrame::bad_request(err.id.as_ref().map(ChatId::as_str), &err.message);
+                self.send(ctx, &frame);
+            }
+        }
+    }
+
+    fn start_chat(
+        &mut self,
+        id: ChatId,
+        model: String,
+        content: String,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        if self.closing.is_some() {
+            let err = AppError::Unavailable("the connection is closing".into());
+            return self.send(ctx, &ServerFrame::error(Some(id.as_str()), &err));
+        }
+        if self.running.contains_key(&id) {
+            let frame = ServerFrame::bad_request(
+                Some(id.as_str()),
+                "a reply with this id is still running; use another id",
+            );
+            return self.send(ctx, &frame);
+        }
+        let Some(session) = self.session.clone() else {
+            let err = AppError::Unavailable("the session is not open".into());
+            return self.send(ctx, &ServerFrame::error(Some(id.as_str()), &err));
+        };
+        let handle = self.pipeline.start(ChatRequest {
+            user: self.user.clone(),
+            model,
+            history: HistorySource::Session {
+                id: session,
+                content: Arc::from(content),
+            },
+            received: Instant::now(),
+        });
+        let mut events = handle.events;
+        let stream_id = id.clone();
+        ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
+            events.poll_recv(cx).map(|event| {
+                event.map(|event| ChatStreamItem {
+                    id: stream_id.clone(),
+                    event,
+                })
+            })
+        }));
+        self.running.insert(
+            id,
+            RunningChat {
+                cancel: Some(handle.cancel),
+            },
+        );
+    }
+
+    fn on_chat_event(&mut self, item: ChatStreamItem, ctx: &mut ws::WebsocketContext<Self>) {
+        let id = item.id.as_str();
+        match &item.event {
+            ChatEvent::Delta(content) => {
+                return self.send(ctx, &ServerFrame::Delta { id, content })
+            }
+            ChatEvent::Done {
+                usage,
+                latency_ms,
+                cancelled,
+            } => self.send(
+                ctx,
+                &ServerFrame::Done {
+                    id,
+                    usage: *usage,
+                    latency_ms: *latency_ms,
+                    cancelled: *cancelled,
+                },
+            ),
+            ChatEvent::Error(err) => self.send(ctx, &ServerFrame::error(Some(id), err)),
+        }
+        self.running.remove(&item.id);
+        self.close_if_drained(ctx);
+    }
+
+    /// Starts closing: running replies are cancelled and the close follows their last frames.
+    fn begin_close(&mut self, msg: CloseConnection, ctx: &mut ws::WebsocketContext<Self>) {
+        let reason = CloseReason {
+            code: CloseCode::from(msg.code),
+            description: Some(msg.reason),
+        };
+        match msg.cancel_replies {
+            Some(cancel_reason) if !self.running.is_empty() => {
+                for running in self.running.values_mut() {
+                    if let Some(cancel) = running.cancel.take() {
+                        let _ = cancel.send(cancel_reason);
+                    }
+                }
+                self.closing = Some(reason);
+                ctx.run_later(CLOSE_GRACE, |act, ctx| {
+                    if let Some(reason) = act.closing.take() {
+                        ctx.close(Some(reason));
+                        ctx.stop();
+                    }
+                });
+            }
+            _ => {
+                ctx.close(Some(reason));
+                ctx.stop();
+            }
+        }
+    }
+
+    fn close_if_drained(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.running.is_empty() {
+            if let Some(reason) = self.closing.take() {
+                ctx.close(Some(reason));
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Actor for WsConnection {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(256);
+        self.hub.do_send(RegisterConnection {
+            conn_id: self.conn_id,
+            user: self.user.clone(),
+            connection: ctx.address().recipient(),
+        });
+        let heartbeat = self.settings.heartbeat;
+        ctx.run_interval(heartbeat, |act, ctx| act.heartbeat(ctx));
+        let open = OpenSession {
+            user: self.user.clone(),
+            resume: self.resume.take(),
+            conn_id: self.conn_id,
+            connection: ctx.address().recipient(),
+        };
+        // Nothing else is handled until the session frame is out: it must be the first frame.
+        ctx.wait(
+            self.registry
+                .send(open)
+                .into_actor(self)
+                .map(|opened, act, ctx| match opened {
+                    Ok(opened) => {
+                        log::debug!(
+                            "event=ws_open conn_id={} user={} session={} resumed={}",
+                            act.conn_id,
+                            act.user,
+                            opened.id,
+                            opened.resumed
+                        );
+                        act.send(
+                            ctx,
+                            &ServerFrame::Session {
+                                session_id: opened.id.as_str(),
+                                resumed: opened.resumed,
+                            },
+                        );
+                        act.session = Some(opened.id);
+                    }
+                    Err(err) => {
+                        log::warn!(
+                            "event=ws_session_failed conn_id={} error={err}",
+                            act.conn_id
+                        );
+                        act.close(ctx, CloseCode::Error, "session registry unavailable");
+                    }
+                }),
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // Running replies notice their closed channels and record themselves as cancelled.
+        if let Some(id) = self.session.take() {
+            self.registry.do_send(DetachSession {
+                id,
+                conn_id: self.conn_id,
+            });
+        }
+        self.hub.do_send(UnregisterConnection {
+            conn_id: self.conn_id,
+        });
+        log::debug!(
+            "event=ws_closed conn_id={} user={}",
+            self.conn_id,
+            self.user
+        );
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for WsConnection {
+    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(ProtocolError::Overflow) => {
+                let reason = format!("frame larger than {} bytes", self.settings.max_frame_bytes);
+                return self.close(ctx, CloseCode::Size, &reason);
+            }
+            Err(err) => {
+                log::debug!(
+                    "event=ws_protocol_error conn_id={} error={err}",
+                    self.conn_id
+                );
+                return self.close(ctx, CloseCode::Protocol, "websocket protocol error");
+            }
+        };
+        match msg {
+            ws::Message::Text(text) => self.on_text(&text, ctx),
+            ws::Message::Binary(_) => {
+                self.send(ctx, &ServerFrame::bad_request(None, BINARY_REFUSED))
+            }
+            ws::Message::Continuation(item) => self.on_fragment(item, ctx),
+            ws::Message::Ping(payload) => ctx.pong(&payload),
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl WsConnection {
+    /// Reassembles a fragmented message. Text is parsed once complete; binary is discarded and
+    /// answered once, like an unfragmented binary frame.
+    fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (data, last) = match item {
+            actix_http::ws::Item::FirstText(data) => {
+                self.fragments = Some(Fragments::Text(BytesMut::new()));
+                (data, false)
+            }
+            actix_http::ws::Item::FirstBinary(_) => {
+                self.fragments = Some(Fragments::Binary);
+                return;
+            }
+            actix_http::ws::Item::Continue(data) => (data, false),
+            actix_http::ws::Item::Last(data) => (data, true),
+        };
+        let max = self.settings.max_frame_bytes;
+        match self.fragments.as_mut() {
+            None => self.close(
+                ctx,
+                CloseCode::Protocol,
+                "continuation without a first fragment",
+            ),
+            Some(Fragments::Binary) => {
+                if last {
+                    self.fragments = None;
+                    self.send(ctx, &ServerFrame::bad_request(None, BINARY_REFUSED));
+                }
+            }
+            Some(Fragments::Text(buffer)) => {
+                if buffer.len() + data.len() > max {
+                    self.fragments = None;
+                    return self.close(
+                        ctx,
+                        CloseCode::Size,
+                        &format!("message larger than {max} bytes"),
+                    );
+                }
+                buffer.extend_from_slice(&data);
+                if last {
+                    if let Some(Fragments::Text(complete)) = self.fragments.take() {
+                        match std::str::from_utf8(&complete) {
+                            Ok(text) => self.on_text(text, ctx),
+                            Err(_) => self.close(
+                                ctx,
+                                CloseCode::Invalid,
+                                "text message is not valid UTF-8",
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl StreamHandler<ChatStreamItem> for WsConnection {
+    fn handle(&mut self, item: ChatStreamItem, ctx: &mut Self::Context) {
+        self.on_chat_event(item, ctx);
+    }
+
+    /// One chat's events ended; the connection goes on.
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl Handler<CloseConnection> for WsConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseConnection, ctx: &mut Self::Context) {
+        log::info!(
+            "event=ws_close conn_id={} user={} code={} reason={}",
+            self.conn_id,
+            self.user,
+            msg.code,
+            msg.reason
+        );
+        self.begin_close(msg, ctx);
+    }
+}
+
+#[derive(Deserialize)]
+struct HandshakeQuery {
+    session_id: Option<String>,
+}
+
+/// `GET /ws`: authenticates and checks the origin before upgrading, so refusals are plain
+/// HTTP errors (401, 403) with the JSON body.
+pub async fn handshake(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let identity = authenticate(&req)?;
+    let origin = req
+        .headers()
+        .get(actix_web::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let own_origin = {
+        let info = req.connection_info();
+        format!("{}://{}", info.scheme(), info.host())
+    };
+    let allowed = state
+        .hub
+        .send(CheckOrigin {
+            origin: origin.clone(),
+            own_origin,
+        })
+        .await
+        .map_err(|err| AppError::unavailable_mailbox("ws_hub", err))?;
+    if !allowed {
+        log::info!(
+            "event=ws_origin_refused user={} origin={:?}",
+            identity.user,
+            origin
+        );
+        return Err(AppError::Forbidden(
+            "this origin may not open WebSockets here".into(),
+        ));
+    }
+    let query = web::Query::<HandshakeQuery>::from_query(req.query_string())
+        .map_err(|err| AppError::BadRequest(format!("invalid query: {err}")))?;
+    let resume = match query.into_inner().session_id.filter(|s| !s.is_empty()) {
+        Some(raw) => {
+            Some(SessionId::parse(&raw).map_err(|err| AppError::BadRequest(err.to_string()))?)
+        }
+        None => None,
+    };
+    let user_row = state
+        .quota
+        .send(EnsureUser {
+            user: identity.user.clone(),
+        })
+        .await
+        .map_err(|err| AppError::unavailable_mailbox("quota_keeper", err))??;
+    if user_row.disabled {
+        return Err(AppError::Forbidden("this user is disabled".into()));
+    }
+    let settings = &state.settings;
+    let connection = WsConnection {
+        conn_id: rand::random(),
+        user: identity.user,
+        resume,
+        session: None,
+        pipeline: state.pipeline.clone(),
+        registry: state.registry.clone(),
+        hub: state.hub.clone(),
+        settings: ConnectionSettings {
+            heartbeat: Duration::from_secs(settings.timers.heartbeat_secs),
+            client_timeout: Duration::from_secs(settings.timers.client_timeout_secs),
+            max_frame_bytes: settings.server.max_frame_bytes,
+        },
+        last_heard: Instant::now(),
+        running: HashMap::new(),
+        fragments: None,
+        closing: None,
+    };
+    ws::WsResponseBuilder::new(connection, &req, payload)
+        .frame_size(settings.server.max_frame_bytes)
+        .start()
+        .map_err(|err| AppError::BadRequest(format!("websocket handshake failed: {err}")))
+}

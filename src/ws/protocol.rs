@@ -1,0 +1,292 @@
+//! The WebSocket wire contract: what clients send and what the server answers.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::ChatId;
+use crate::error::{AppError, ErrorCode};
+use crate::providers::Usage;
+
+/// A validated client frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientFrame {
+    Chat {
+        id: ChatId,
+        model: String,
+        content: String,
+    },
+    Cancel {
+        id: ChatId,
+    },
+    Ping,
+}
+
+/// A frame that could not be accepted, with the id it named when it named a valid one (so
+/// the error can be routed to that chat).
+#[derive(Debug, PartialEq, Eq)]
+pub struct FrameError {
+    pub id: Option<ChatId>,
+    pub message: String,
+}
+
+/// Every field optional, so one pass tells exactly what is missing or wrong.
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+impl ClientFrame {
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        let raw: RawFrame = serde_json::from_str(text).map_err(|err| FrameError {
+            id: None,
+            message: format!("frame is not a JSON object of the expected shape: {err}"),
+        })?;
+        let kind = raw.kind.as_deref().ok_or_else(|| FrameError {
+            id: None,
+            message: "frame has no \"type\"; expected chat, cancel or ping".into(),
+        })?;
+        let parse_id = |required: bool| -> Result<Option<ChatId>, FrameError> {
+            match raw.id.as_deref() {
+                Some(id) => ChatId::parse(id).map(Some).map_err(|err| FrameError {
+                    id: None,
+                    message: err.to_string(),
+                }),
+                None if required => Err(FrameError {
+                    id: None,
+                    message: format!("a {kind} frame needs an \"id\" (1–64 characters)"),
+                }),
+                None => Ok(None),
+            }
+        };
+        match kind {
+            "chat" => {
+                let id = parse_id(true)?.ok_or_else(|| FrameError {
+                    id: None,
+                    message: "missing id".into(),
+                })?;
+                let with_id = |message: &str| FrameError {
+                    id: Some(id.clone()),
+                    message: message.to_string(),
+                };
+                let model = raw
+                    .model
+                    .as_deref()
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| with_id("a chat frame needs a \"model\""))?;
+                let content = raw
+                    .content
+                    .as_deref()
+                    .filter(|c| !c.trim().is_empty())
+                    .ok_or_else(|| with_id("a chat frame needs a non-empty \"content\""))?;
+                Ok(ClientFrame::Chat {
+                    id: id.clone(),
+                    model: model.to_string(),
+                    content: content.to_string(),
+                })
+            }
+            "cancel" => {
+                let id = parse_id(true)?.ok_or_else(|| FrameError {
+                    id: None,
+                    message: "missing id".into(),
+                })?;
+                Ok(ClientFrame::Cancel { id })
+            }
+            "ping" => Ok(ClientFrame::Ping),
+            other => Err(FrameError {
+                id: None,
+                message: format!("unknown frame type {other:?}; expected chat, cancel or ping"),
+            }),
+        }
+    }
+}
+
+/// Everything the server sends. Borrowed fields: frames are serialized once and dropped.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Session {
+        session_id: &'a str,
+        resumed: bool,
+    },
+    Delta {
+        id: &'a str,
+        content: &'a str,
+    },
+    Done {
+        id: &'a str,
+        usage: Usage,
+        latency_ms: u64,
+        cancelled: bool,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        code: ErrorCode,
+        message: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    Pong,
+}
+
+impl<'a> ServerFrame<'a> {
+    pub fn error(id: Option<&'a str>, err: &AppError) -> ServerFrame<'a> {
+        ServerFrame::Error {
+            id,
+            code: err.code(),
+            message: Cow::Owned(err.client_message()),
+            retry_after_ms: err.retry_after().map(|d| (d.as_millis() as u64).max(1)),
+        }
+    }
+
+    pub fn bad_request(id: Option<&'a str>, message: &'a str) -> ServerFrame<'a> {
+        ServerFrame::Error {
+            id,
+            code: ErrorCode::BadRequest,
+            message: Cow::Borrowed(message),
+            retry_after_ms: None,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: no maps with non-string keys, no custom impls.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            String::from(r#"{"type":"error","code":"internal","message":"frame encoding failed"}"#)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn valid_frames_parse() {
+        assert_eq!(
+            ClientFrame::parse(
+                r#"{"type":"chat","id":"c1","model":"echo","content":"hello there"}"#
+            ),
+            Ok(ClientFrame::Chat {
+                id: ChatId::parse("c1").expect("id"),
+                model: "echo".into(),
+                content: "hello there".into()
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"cancel","id":"c1"}"#),
+            Ok(ClientFrame::Cancel {
+                id: ChatId::parse("c1").expect("id")
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        );
+        // Escapes decode (borrowed parsing falls back to owned strings).
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"chat","id":"c\"1","model":"echo","content":"a\nb"}"#),
+            Ok(ClientFrame::Chat { content, .. }) if content == "a\nb"
+        ));
+    }
+
+    #[test]
+    fn bad_frames_explain_themselves() {
+        for (text, fragment) in [
+            ("{", "JSON"),
+            ("[1,2]", "JSON"),
+            (r#"{"type":"nope"}"#, "unknown frame type"),
+            (r#"{"id":"c1"}"#, "no \"type\""),
+            (
+                r#"{"type":"chat","model":"echo","content":"x"}"#,
+                "needs an \"id\"",
+            ),
+            (
+                r#"{"type":"chat","id":"","model":"echo","content":"x"}"#,
+                "1–64",
+            ),
+            (
+                r#"{"type":"chat","id":5,"model":"echo","content":"x"}"#,
+                "JSON",
+            ),
+        ] {
+            let err = ClientFrame::parse(text).expect_err(text);
+            assert!(err.message.contains(fragment), "{text}: {}", err.message);
+        }
+        let long = format!(
+            r#"{{"type":"chat","id":"{}","model":"echo","content":"x"}}"#,
+            "a".repeat(65)
+        );
+        assert!(ClientFrame::parse(&long).is_err());
+    }
+
+    #[test]
+    fn errors_after_a_valid_id_carry_it() {
+        let err = ClientFrame::parse(r#"{"type":"chat","id":"c9","model":"echo","content":"  "}"#)
+            .expect_err("blank");
+        assert_eq!(err.id.as_ref().map(ChatId::as_str), Some("c9"));
+    }
+
+    #[test]
+    fn server_frames_match_the_contract() {
+        let done = ServerFrame::Done {
+            id: "c1",
+            usage: Usage {
+                prompt_tokens: 2,
+                completion_tokens: 2,
+            },
+            latency_ms: 3,
+            cancelled: false,
+        };
+        assert_eq!(
+            done.to_json(),
+            r#"{"type":"done","id":"c1","usage":{"prompt_tokens":2,"completion_tokens":2},"latency_ms":3,"cancelled":false}"#
+        );
+        assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+        assert_eq!(
+            ServerFrame::Session {
+                session_id: "s",
+                resumed: false
+            }
+            .to_json(),
+            r#"{"type":"session","session_id":"s","resumed":false}"#
+        );
+        let limited = AppError::RateLimited {
+            message: "slow".into(),
+            retry_after: std::time::Duration::from_millis(1234),
+        };
+        assert_eq!(
+            ServerFrame::error(Some("c1"), &limited).to_json(),
+            r#"{"type":"error","id":"c1","code":"rate_limited","message":"slow","retry_after_ms":1234}"#
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(text in ".{0,200}") {
+            let _ = ClientFrame::parse(&text);
+        }
+
+        #[test]
+        fn chat_frames_round_trip(id in "[a-zA-Z0-9_-]{1,64}", model in "[a-z0-9.-]{1,20}", content in "[^\u{0}]{0,100}") {
+            let json = serde_json::json!({"type":"chat","id":id,"model":model,"content":content}).to_string();
+            match ClientFrame::parse(&json) {
+                Ok(ClientFrame::Chat { id: got_id, model: got_model, content: got_content }) => {
+                    prop_assert_eq!(got_id.as_str(), id.as_str());
+                    prop_assert_eq!(got_model, model);
+                    prop_assert_eq!(got_content, content);
+                }
+                Ok(other) => prop_assert!(false, "parsed as {:?}", other),
+                Err(err) => prop_assert!(content.trim().is_empty(), "{}", err.message),
+            }
+        }
+    }
+}
