@@ -47,6 +47,11 @@ const NUMBER_RULES: &[(&str, Getter, i128, i128)] = &[
     ("CHATGATE_SHUTDOWN_TIMEOUT_SECS",  |s| s.server.shutdown_timeout_secs.into(),    1,    SECS),
     ("CHATGATE_DB_POOL_SIZE",           |s| s.database.pool_max_size.into(),          1,    256),
     ("CHATGATE_DB_CONNECT_TIMEOUT_MS",  |s| s.database.connection_timeout_ms.into(),  1,    MILLIS),
+    ("CHATGATE_RECENT_REQUESTS",        |s| s.telemetry.recent_requests as i128,      0,    100_000),
+    ("CHATGATE_FLUSH_MAX_BUFFERED_ROWS", |s| s.telemetry.flush_max_buffered_rows as i128, 1, NO_MAX),
+    ("CHATGATE_FEED_MAX_BACKLOG_BYTES", |s| s.telemetry.feed_max_backlog_bytes.into(), 1024, NO_MAX),
+    ("CHATGATE_FEED_MAX_DROPS",         |s| s.telemetry.feed_max_drops.into(),        1,    1_000),
+    ("CHATGATE_FEED_RECENT_REQUESTS",   |s| s.telemetry.feed_recent_requests as i128, 0,    100_000),
 ];
 
 /// Every key of the flat TOML file with the key its problems are reported under (the env var
@@ -73,6 +78,14 @@ const FILE_KEYS: &[(&str, &str)] = &[
     ("max_frame_bytes", "CHATGATE_MAX_FRAME_BYTES"),
     ("flush_interval_ms", "CHATGATE_FLUSH_INTERVAL_MS"),
     ("shutdown_timeout_secs", "CHATGATE_SHUTDOWN_TIMEOUT_SECS"),
+    ("recent_requests", "CHATGATE_RECENT_REQUESTS"),
+    (
+        "flush_max_buffered_rows",
+        "CHATGATE_FLUSH_MAX_BUFFERED_ROWS",
+    ),
+    ("feed_max_backlog_bytes", "CHATGATE_FEED_MAX_BACKLOG_BYTES"),
+    ("feed_max_drops", "CHATGATE_FEED_MAX_DROPS"),
+    ("feed_recent_requests", "CHATGATE_FEED_RECENT_REQUESTS"),
     // File-only: RUST_LOG itself is read by env_logger, and models have no env form.
     ("rust_log", "rust_log"),
     ("models", "models"),
@@ -129,8 +142,25 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub timers: TimerSettings,
+    pub telemetry: TelemetrySettings,
     pub models: Vec<ModelSettings>,
     pub log_filter: Option<String>,
+}
+
+/// Usage metrics and the live feed.
+#[derive(Clone, Debug)]
+pub struct TelemetrySettings {
+    /// Newest request details kept for the dashboard.
+    pub recent_requests: usize,
+    /// Raw request rows the flusher holds while the database is away; past it the oldest are
+    /// dropped (counted; the per-minute rollups keep them in the totals).
+    pub flush_max_buffered_rows: usize,
+    /// Unsent bytes a live-feed subscriber may leave before frames for it are dropped.
+    pub feed_max_backlog_bytes: u64,
+    /// Frames dropped in a row before a live-feed subscriber is disconnected.
+    pub feed_max_drops: u32,
+    /// Newest requests included in each live-feed frame.
+    pub feed_recent_requests: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -287,6 +317,13 @@ impl Settings {
                 heartbeat_secs: 10,
                 client_timeout_secs: 30,
                 flush_interval_ms: 1_000,
+            },
+            telemetry: TelemetrySettings {
+                recent_requests: 1_000,
+                flush_max_buffered_rows: 200_000,
+                feed_max_backlog_bytes: 65_536,
+                feed_max_drops: 3,
+                feed_recent_requests: 50,
             },
             models: vec![ModelSettings::echo()],
             log_filter: None,
@@ -569,6 +606,11 @@ struct Layer {
     max_frame_bytes: Option<usize>,
     flush_interval_ms: Option<u64>,
     shutdown_timeout_secs: Option<u64>,
+    recent_requests: Option<usize>,
+    flush_max_buffered_rows: Option<usize>,
+    feed_max_backlog_bytes: Option<u64>,
+    feed_max_drops: Option<u32>,
+    feed_recent_requests: Option<usize>,
     rust_log: Option<String>,
     models: Option<Vec<FileModel>>,
 }
@@ -610,6 +652,11 @@ impl Layer {
             max_frame_bytes: env.number("CHATGATE_MAX_FRAME_BYTES"),
             flush_interval_ms: env.number("CHATGATE_FLUSH_INTERVAL_MS"),
             shutdown_timeout_secs: env.number("CHATGATE_SHUTDOWN_TIMEOUT_SECS"),
+            recent_requests: env.number("CHATGATE_RECENT_REQUESTS"),
+            flush_max_buffered_rows: env.number("CHATGATE_FLUSH_MAX_BUFFERED_ROWS"),
+            feed_max_backlog_bytes: env.number("CHATGATE_FEED_MAX_BACKLOG_BYTES"),
+            feed_max_drops: env.number("CHATGATE_FEED_MAX_DROPS"),
+            feed_recent_requests: env.number("CHATGATE_FEED_RECENT_REQUESTS"),
             rust_log: None,
             models: None,
         }
@@ -639,6 +686,11 @@ impl Layer {
             max_frame_bytes,
             flush_interval_ms,
             shutdown_timeout_secs,
+            recent_requests,
+            flush_max_buffered_rows,
+            feed_max_backlog_bytes,
+            feed_max_drops,
+            feed_recent_requests,
             rust_log,
             models,
         } = self;
@@ -669,6 +721,12 @@ impl Layer {
         set(&mut tm.heartbeat_secs, heartbeat_secs);
         set(&mut tm.client_timeout_secs, client_timeout_secs);
         set(&mut tm.flush_interval_ms, flush_interval_ms);
+        let tel = &mut s.telemetry;
+        set(&mut tel.recent_requests, recent_requests);
+        set(&mut tel.flush_max_buffered_rows, flush_max_buffered_rows);
+        set(&mut tel.feed_max_backlog_bytes, feed_max_backlog_bytes);
+        set(&mut tel.feed_max_drops, feed_max_drops);
+        set(&mut tel.feed_recent_requests, feed_recent_requests);
         if let Some(filter) = rust_log.filter(|filter| !filter.trim().is_empty()) {
             s.log_filter = Some(filter);
         }

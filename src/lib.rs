@@ -9,5 +9,6 @@ pub mod error;
 pub mod http;
 pub mod logging;
 pub mod providers;
+pub mod report;
 pub mod startup;
 pub mod ws;

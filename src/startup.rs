@@ -16,7 +16,7 @@ use crate::actors::metrics::{GetMetricsSnapshot, MetricsAggregator};
 use crate::actors::quota_keeper::QuotaKeeper;
 use crate::actors::rate_limiter::RateLimiter;
 use crate::actors::session_registry::{HistoryLimits, SessionRegistry};
-use crate::actors::ws_hub::{CloseAllConnections, GetHubStats, WsHub};
+use crate::actors::ws_hub::{CloseAllConnections, FeedSettings, GetHubStats, WsHub};
 use crate::auth::JwtKeys;
 use crate::chat::ChatPipeline;
 use crate::config::Settings;
@@ -24,6 +24,8 @@ use crate::db::{self, retry::Backoff, DatabaseUrl, DbPool, PoolSettings};
 use crate::error::AppError;
 use crate::http;
 use crate::providers::ModelCatalog;
+use crate::report::ReportSources;
+use crate::ws::connection::FeedLimits;
 
 /// What handlers share: immutable settings and actor addresses. Nothing in here is locked;
 /// all mutable state lives inside the actors.
@@ -38,6 +40,7 @@ pub struct AppState {
     pub flusher: Addr<DbFlusher>,
     pub metrics: Addr<MetricsAggregator>,
     pub user_limiter: Addr<RateLimiter>,
+    pub feed: FeedLimits,
 }
 
 /// Starts every actor on the current arbiter and returns the shared state.
@@ -50,6 +53,7 @@ fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::
             interval: Duration::from_millis(timers.flush_interval_ms),
             flush_threshold_rows: 2_000,
             max_batch_rows: 5_000,
+            max_buffered_requests: settings.telemetry.flush_max_buffered_rows,
             retry: Backoff::default(),
         },
     )
@@ -68,8 +72,23 @@ fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::
     let user_limiter =
         RateLimiter::new("users", limits.user_rate_limit, user_window, user_window).start();
     let quota = QuotaKeeper::new(pool.clone(), limits.daily_quota).start();
-    let metrics = MetricsAggregator::default().start();
-    let hub = WsHub::new(&settings.server.allowed_origins).start();
+    let metrics =
+        MetricsAggregator::new(settings.telemetry.recent_requests, flusher.clone()).start();
+    let sources = ReportSources {
+        metrics: metrics.clone(),
+        registry: registry.clone(),
+        flusher: flusher.clone(),
+    };
+    let hub = WsHub::new(
+        &settings.server.allowed_origins,
+        sources,
+        FeedSettings {
+            interval: Duration::from_secs(1),
+            recent_requests: settings.telemetry.feed_recent_requests,
+            max_missed_frames: settings.telemetry.feed_max_drops,
+        },
+    )
+    .start();
     let models = ModelCatalog::from_settings(&settings).map_err(|err| anyhow::anyhow!("{err}"))?;
     let pipeline = Arc::new(ChatPipeline {
         rate_limiter: user_limiter.clone(),
@@ -78,6 +97,10 @@ fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::
         metrics: metrics.clone(),
         models,
     });
+    let feed = FeedLimits {
+        max_backlog_bytes: settings.telemetry.feed_max_backlog_bytes,
+        max_consecutive_drops: settings.telemetry.feed_max_drops,
+    };
     Ok(AppState {
         settings,
         db: pool,
@@ -89,6 +112,7 @@ fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::
         flusher,
         metrics,
         user_limiter,
+        feed,
     })
 }
 
@@ -255,10 +279,13 @@ async fn shutdown(state: &AppState, handle: ServerHandle, deadline: Duration) {
     );
     loop {
         match state.hub.send(GetHubStats).await {
-            Ok(stats) if stats.connections > 0 && tokio::time::Instant::now() < until => {
+            Ok(stats)
+                if stats.connections + stats.subscribers > 0
+                    && tokio::time::Instant::now() < until =>
+            {
                 actix_web::rt::time::sleep(Duration::from_millis(10)).await;
             }
-            Ok(stats) if stats.connections > 0 => {
+            Ok(stats) if stats.connections + stats.subscribers > 0 => {
                 log::warn!(
                     "event=shutdown_deadline_passed what=websockets open={}",
                     stats.connections
@@ -278,7 +305,10 @@ async fn shutdown(state: &AppState, handle: ServerHandle, deadline: Duration) {
     }
     // Records of the replies just ended pass through the aggregator first; a round trip
     // there guarantees they reached the flusher before its final flush.
-    let _ = state.metrics.send(GetMetricsSnapshot).await;
+    let _ = state
+        .metrics
+        .send(GetMetricsSnapshot { recent_limit: 0 })
+        .await;
     let flush_left = until
         .saturating_duration_since(tokio::time::Instant::now())
         .max(Duration::from_millis(500));
@@ -331,11 +361,32 @@ fn build_server(
             .configure(http::configure)
             .default_service(web::to(not_found))
     })
+    .on_connect(on_connect)
     .disable_signals()
     .shutdown_timeout(shutdown_secs)
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// Kernel send buffer per connection. Linux otherwise grows it up to `tcp_wmem` max (often
+/// 4 MiB) for a client that stops reading, which pins memory per stalled socket before any of
+/// our own backpressure (the WebSocket backlog limits) can see it. Chat frames are small, so
+/// this costs nothing in throughput.
+const SOCKET_SEND_BUFFER_BYTES: usize = 128 * 1024;
+
+/// Caps the send buffer and notes the socket's descriptor, so a WebSocket whose client stops
+/// reading can be shut down from outside its (then frozen) actor.
+fn on_connect(connection: &dyn std::any::Any, extensions: &mut actix_web::dev::Extensions) {
+    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(err) =
+            socket2::SockRef::from(stream).set_send_buffer_size(SOCKET_SEND_BUFFER_BYTES)
+        {
+            log::debug!("event=socket_option_failed option=SO_SNDBUF error={err}");
+        }
+        use std::os::fd::AsRawFd;
+        extensions.insert(crate::ws::connection::ConnectionFd(stream.as_raw_fd()));
+    }
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, AppError> {

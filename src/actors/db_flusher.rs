@@ -3,7 +3,7 @@
 //! transaction on the blocking pool. A batch that fails transiently is retried unchanged with
 //! backoff, so its effects land once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::db::models::SessionRow;
-use crate::db::queries::{sessions, write_transaction};
+use crate::db::models::{RequestRow, RollupRow, SessionRow, MINUTE_MS};
+use crate::db::queries::{now_ms, sessions, usage, write_transaction};
 use crate::db::retry::{Backoff, Transience};
 use crate::db::{DbError, DbPool};
 use crate::error::AppError;
@@ -22,6 +22,14 @@ use crate::error::AppError;
 #[rtype(result = "()")]
 pub struct EnqueueSession {
     pub row: SessionRow,
+}
+
+/// One admitted chat's row; also counted into its minute's rollup at once, so dropping the raw
+/// row under pressure never loses it from the usage totals.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EnqueueRequest {
+    pub row: RequestRow,
 }
 
 /// Resolves once every row enqueued before it is committed (or the flusher gave up on them).
@@ -48,15 +56,19 @@ pub struct FlusherStats {
     pub batches: u64,
 }
 
-/// One unit of work for the database. Kept whole across retries.
+/// One unit of work for the database, applied in one transaction. Kept whole across
+/// retries; its id makes a retry after an unacknowledged commit a no-op.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
+    pub id: String,
     pub sessions: Vec<SessionRow>,
+    pub requests: Vec<RequestRow>,
+    pub rollups: Vec<RollupRow>,
 }
 
 impl Batch {
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.sessions.len() + self.requests.len() + self.rollups.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -77,27 +89,64 @@ impl BatchWriter for DbBatchWriter {
     fn write(&self, batch: &Batch) -> Result<(), DbError> {
         self.db.run_blocking(&|conn: &mut crate::db::DbConnection| {
             write_transaction(conn, |conn| {
+                let now = now_ms();
+                if !usage::claim_batch(conn, &batch.id, now)? {
+                    log::warn!("event=flush_batch_already_applied batch={}", batch.id);
+                    return Ok(());
+                }
                 sessions::upsert_sessions(conn, &batch.sessions)?;
+                usage::insert_requests(conn, &batch.requests)?;
+                usage::add_rollups(conn, &batch.rollups)?;
+                // The ledger only has to outlive any retry of a batch.
+                usage::prune_batches(conn, now - BATCH_LEDGER_KEEP_MS)?;
                 Ok(())
             })
         })
     }
 }
 
-/// Rows waiting for the next batch. Session rows coalesce: only a session's latest state
-/// matters.
+/// How long applied batch ids are remembered (far longer than any retry takes).
+const BATCH_LEDGER_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+/// Rows waiting for the next batch. Session rows coalesce (only a session's latest state
+/// matters); rollups accumulate per (minute, model) and are never dropped.
 #[derive(Default)]
 struct Buffer {
     sessions: HashMap<String, SessionRow>,
+    requests: VecDeque<RequestRow>,
+    rollups: HashMap<(i64, String), RollupRow>,
 }
 
 impl Buffer {
     fn len(&self) -> usize {
-        self.sessions.len()
+        self.sessions.len() + self.requests.len() + self.rollups.len()
+    }
+
+    fn add_request(&mut self, row: RequestRow) {
+        let minute = row.started_at.div_euclid(MINUTE_MS) * MINUTE_MS;
+        self.rollups
+            .entry((minute, row.model.clone()))
+            .or_insert_with(|| RollupRow {
+                bucket_start: minute,
+                model: row.model.clone(),
+                ..RollupRow::default()
+            })
+            .add(&row);
+        self.requests.push_back(row);
     }
 
     fn take(&mut self, max_rows: usize) -> Batch {
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            id: uuid::Uuid::new_v4().to_string(),
+            ..Batch::default()
+        };
+        let take_requests = self.requests.len().min(max_rows);
+        batch.requests.extend(self.requests.drain(..take_requests));
+        // Rollups are few (minutes × models) and always go whole, so the totals they carry
+        // are never split across batches.
+        batch
+            .rollups
+            .extend(self.rollups.drain().map(|(_, row)| row));
         let keys: Vec<String> = self.sessions.keys().take(max_rows).cloned().collect();
         for key in keys {
             if let Some(row) = self.sessions.remove(&key) {
@@ -114,6 +163,9 @@ pub struct FlusherSettings {
     /// A buffer this large is written without waiting for the timer.
     pub flush_threshold_rows: usize,
     pub max_batch_rows: usize,
+    /// Raw request rows held at most while the database is away; past it the oldest are
+    /// dropped (and counted). Rollups are not bounded by this and never dropped.
+    pub max_buffered_requests: usize,
     pub retry: Backoff,
 }
 
@@ -315,6 +367,25 @@ impl Handler<EnqueueSession> for DbFlusher {
     }
 }
 
+impl Handler<EnqueueRequest> for DbFlusher {
+    type Result = ();
+
+    fn handle(&mut self, msg: EnqueueRequest, ctx: &mut Context<Self>) {
+        self.buffer.add_request(msg.row);
+        if self.buffer.requests.len() > self.settings.max_buffered_requests {
+            self.buffer.requests.pop_front();
+            self.stats.dropped += 1;
+            if self.stats.dropped.is_power_of_two() {
+                log::warn!(
+                    "event=flusher_dropped_rows total={} reason=buffer_full",
+                    self.stats.dropped
+                );
+            }
+        }
+        self.after_enqueue(ctx);
+    }
+}
+
 impl Handler<Flush> for DbFlusher {
     type Result = ResponseFuture<Result<(), AppError>>;
 
@@ -339,5 +410,140 @@ impl Handler<GetFlusherStats> for DbFlusher {
         let mut stats = self.stats.clone();
         stats.buffered = self.buffered();
         MessageResult(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// Records what it is asked to write; optionally fails the first attempts. The Mutex is
+    /// the test's own ledger, not shared application state.
+    #[derive(Default)]
+    struct RecordingWriter {
+        in_flight: AtomicUsize,
+        overlapped: AtomicBool,
+        batches: AtomicUsize,
+        fail_first: AtomicUsize,
+        seen: Mutex<Vec<(String, usize)>>,
+    }
+
+    impl BatchWriter for RecordingWriter {
+        fn write(&self, batch: &Batch) -> Result<(), DbError> {
+            if self.in_flight.fetch_add(1, Ordering::SeqCst) > 0 {
+                self.overlapped.store(true, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.seen
+                .lock()
+                .map(|mut seen| seen.push((batch.id.clone(), batch.requests.len())))
+                .ok();
+            if self.fail_first.load(Ordering::SeqCst) > 0 {
+                self.fail_first.fetch_sub(1, Ordering::SeqCst);
+                return Err(DbError::Query(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ClosedConnection,
+                    Box::new("connection closed".to_string()),
+                )));
+            }
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn row(i: usize) -> RequestRow {
+        RequestRow {
+            id: format!("r{i}"),
+            user_id: "u".into(),
+            session_id: None,
+            model: "echo".into(),
+            started_at: 0,
+            latency_ms: 1,
+            tokens_in: 1,
+            tokens_out: 1,
+            estimated: false,
+            outcome: "ok".into(),
+            rolled_up: true,
+        }
+    }
+
+    fn settings() -> FlusherSettings {
+        FlusherSettings {
+            interval: Duration::from_millis(50),
+            flush_threshold_rows: 500,
+            max_batch_rows: 1_000,
+            max_buffered_requests: 1_000_000,
+            retry: Backoff {
+                base: Duration::from_millis(5),
+                cap: Duration::from_millis(20),
+                max_retries: 3,
+            },
+        }
+    }
+
+    #[actix::test]
+    async fn ten_thousand_records_never_overlap_writes_and_batch_together() {
+        let writer = Arc::new(RecordingWriter::default());
+        let flusher = DbFlusher::new(writer.clone(), settings()).start();
+        for i in 0..10_000 {
+            flusher.do_send(EnqueueRequest { row: row(i) });
+        }
+        flusher.send(Flush).await.expect("mailbox").expect("flush");
+        let stats = flusher.send(GetFlusherStats).await.expect("stats");
+        assert!(
+            !writer.overlapped.load(Ordering::SeqCst),
+            "two writes ran at once"
+        );
+        let batches = writer.batches.load(Ordering::SeqCst);
+        assert!((10..10_000).contains(&batches), "{batches} batches");
+        let written_requests: usize = writer
+            .seen
+            .lock()
+            .map(|s| s.iter().map(|(_, n)| n).sum())
+            .unwrap_or(0);
+        assert_eq!(written_requests, 10_000, "every row written once");
+        assert_eq!(stats.buffered, 0);
+        assert_eq!(stats.dropped, 0);
+    }
+
+    #[actix::test]
+    async fn a_failed_batch_is_retried_unchanged() {
+        let writer = Arc::new(RecordingWriter::default());
+        writer.fail_first.store(2, Ordering::SeqCst);
+        let flusher = DbFlusher::new(writer.clone(), settings()).start();
+        for i in 0..10 {
+            flusher.do_send(EnqueueRequest { row: row(i) });
+        }
+        flusher.send(Flush).await.expect("mailbox").expect("flush");
+        let seen = writer.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(seen.len(), 3, "two failures then success: {seen:?}");
+        assert!(
+            seen.iter().all(|(id, n)| *id == seen[0].0 && *n == 10),
+            "same batch each time: {seen:?}"
+        );
+        let stats = flusher.send(GetFlusherStats).await.expect("stats");
+        assert_eq!(stats.retries, 2);
+        assert!(stats.last_error.is_some());
+    }
+
+    #[actix::test]
+    async fn full_buffer_drops_oldest_raw_rows_but_keeps_their_rollups() {
+        let writer = Arc::new(RecordingWriter::default());
+        // Stop writes from draining the buffer during the test: fail until told otherwise.
+        writer.fail_first.store(usize::MAX / 2, Ordering::SeqCst);
+        let mut s = settings();
+        s.max_buffered_requests = 100;
+        s.flush_threshold_rows = usize::MAX;
+        s.interval = Duration::from_secs(3600);
+        let flusher = DbFlusher::new(writer.clone(), s).start();
+        for i in 0..150 {
+            flusher.do_send(EnqueueRequest { row: row(i) });
+        }
+        let stats = flusher.send(GetFlusherStats).await.expect("stats");
+        assert_eq!(stats.dropped, 50);
+        // 100 raw rows plus one rollup row for (minute 0, echo) that still counts all 150.
+        assert_eq!(stats.buffered, 101);
     }
 }

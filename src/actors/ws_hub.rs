@@ -1,11 +1,16 @@
-//! The open chat connections and the origin allow-list the handshake checks. Closing
-//! connections (a disabled user, shutdown) goes out from here to each connection's mailbox
-//! without waiting on any of them.
+//! The open chat connections, the origin allow-list the handshake checks, and the admins'
+//! live metrics feed. Everything goes out from here to each connection's mailbox without
+//! waiting on any of them: a slow subscriber costs itself frames, never the hub its loop.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use serde::Serialize;
+
+use crate::report::ReportSources;
+use crate::ws::connection::{FeedFrame, SocketShutdown};
 
 use crate::chat::CancelReason;
 use crate::domain::UserId;
@@ -69,6 +74,51 @@ pub struct GetHubStats;
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct HubStats {
     pub connections: usize,
+    pub subscribers: usize,
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+    pub subscribers_dropped: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub id: u64,
+    pub frames: Recipient<FeedFrame>,
+    pub close: Recipient<CloseConnection>,
+    /// Lets the hub cut a subscriber off even when its actor is frozen on a stalled socket.
+    pub socket: Option<Arc<SocketShutdown>>,
+}
+
+struct Subscriber {
+    frames: Recipient<FeedFrame>,
+    close: Recipient<CloseConnection>,
+    socket: Option<Arc<SocketShutdown>>,
+    /// Frames in a row that did not fit its mailbox.
+    missed: u32,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub id: u64,
+}
+
+/// A subscriber's report on one frame: written to its socket, or dropped because the
+/// client is not reading. `disconnected` when it gave up on the client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FeedDelivery {
+    pub written: bool,
+    pub disconnected: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct FeedSettings {
+    pub interval: Duration,
+    pub recent_requests: usize,
+    /// Frames in a row a subscriber may fail to take before it is cut off.
+    pub max_missed_frames: u32,
 }
 
 /// Origins compare case-insensitively and without a trailing slash, as browsers send them.
@@ -115,14 +165,82 @@ impl OriginPolicy {
 pub struct WsHub {
     origins: OriginPolicy,
     connections: HashMap<u64, (UserId, Recipient<CloseConnection>)>,
+    subscribers: HashMap<u64, Subscriber>,
+    sources: ReportSources,
+    feed: FeedSettings,
+    stats: HubStats,
+    /// A tick is skipped while the previous report is still being gathered.
+    gathering: bool,
 }
 
 impl WsHub {
-    pub fn new(origins: &[String]) -> WsHub {
+    pub fn new(origins: &[String], sources: ReportSources, feed: FeedSettings) -> WsHub {
         WsHub {
             origins: OriginPolicy::new(origins),
             connections: HashMap::new(),
+            subscribers: HashMap::new(),
+            sources,
+            feed,
+            stats: HubStats::default(),
+            gathering: false,
         }
+    }
+
+    fn current_stats(&self) -> HubStats {
+        HubStats {
+            connections: self.connections.len(),
+            subscribers: self.subscribers.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Gathers one report and offers the same serialized frame to every subscriber.
+    fn broadcast(&mut self, ctx: &mut Context<Self>) {
+        if self.subscribers.is_empty() || self.gathering {
+            return;
+        }
+        self.gathering = true;
+        let sources = self.sources.clone();
+        let hub_stats = self.current_stats();
+        let recent = self.feed.recent_requests;
+        let gather = async move { sources.gather(recent, hub_stats).await };
+        ctx.spawn(gather.into_actor(self).map(|report, act, _| {
+            act.gathering = false;
+            let report = match report {
+                Ok(report) => report,
+                Err(err) => return log::warn!("event=feed_gather_failed error={err}"),
+            };
+            let frame = match serde_json::to_value(&report) {
+                Ok(serde_json::Value::Object(mut object)) => {
+                    object.insert("type".into(), serde_json::Value::from("metrics"));
+                    serde_json::Value::Object(object).to_string()
+                }
+                _ => return log::error!("event=feed_encode_failed"),
+            };
+            let frame: Arc<str> = Arc::from(frame);
+            let mut given_up = Vec::new();
+            for (id, subscriber) in act.subscribers.iter_mut() {
+                if subscriber.frames.try_send(FeedFrame(frame.clone())).is_ok() {
+                    subscriber.missed = 0;
+                    continue;
+                }
+                // Its mailbox is full: it has not even taken the previous frames.
+                act.stats.frames_dropped += 1;
+                subscriber.missed += 1;
+                if subscriber.missed >= act.feed.max_missed_frames {
+                    given_up.push(*id);
+                }
+            }
+            for id in given_up {
+                if let Some(subscriber) = act.subscribers.remove(&id) {
+                    log::warn!("event=feed_subscriber_dropped id={id} reason=not_reading");
+                    act.stats.subscribers_dropped += 1;
+                    if let Some(socket) = subscriber.socket {
+                        socket.shutdown();
+                    }
+                }
+            }
+        }));
     }
 }
 
@@ -131,7 +249,47 @@ impl Actor for WsHub {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(65_536);
+        ctx.run_interval(self.feed.interval, |act, ctx| act.broadcast(ctx));
         log::info!("event=actor_started actor=ws_hub");
+    }
+}
+
+impl Handler<Subscribe> for WsHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        self.subscribers.insert(
+            msg.id,
+            Subscriber {
+                frames: msg.frames,
+                close: msg.close,
+                socket: msg.socket,
+                missed: 0,
+            },
+        );
+    }
+}
+
+impl Handler<Unsubscribe> for WsHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        self.subscribers.remove(&msg.id);
+    }
+}
+
+impl Handler<FeedDelivery> for WsHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: FeedDelivery, _: &mut Context<Self>) {
+        if msg.written {
+            self.stats.frames_sent += 1;
+        } else {
+            self.stats.frames_dropped += 1;
+        }
+        if msg.disconnected {
+            self.stats.subscribers_dropped += 1;
+        }
     }
 }
 
@@ -209,6 +367,13 @@ impl Handler<CloseAllConnections> for WsHub {
     fn handle(&mut self, msg: CloseAllConnections, _: &mut Context<Self>) -> usize {
         // do_send: a shutdown close must reach even a connection whose mailbox is full. No
         // connection is awaited, so one slow client cannot hold up the others.
+        for subscriber in self.subscribers.values() {
+            subscriber.close.do_send(CloseConnection {
+                code: msg.code,
+                reason: msg.reason.clone(),
+                cancel_replies: None,
+            });
+        }
         for (_, connection) in self.connections.values() {
             connection.do_send(CloseConnection {
                 code: msg.code,
@@ -216,7 +381,7 @@ impl Handler<CloseAllConnections> for WsHub {
                 cancel_replies: Some(CancelReason::Shutdown),
             });
         }
-        self.connections.len()
+        self.connections.len() + self.subscribers.len()
     }
 }
 
@@ -224,9 +389,7 @@ impl Handler<GetHubStats> for WsHub {
     type Result = MessageResult<GetHubStats>;
 
     fn handle(&mut self, _: GetHubStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(HubStats {
-            connections: self.connections.len(),
-        })
+        MessageResult(self.current_stats())
     }
 }
 

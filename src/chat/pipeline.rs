@@ -172,7 +172,7 @@ impl ChatPipeline {
         let deadline = tokio::time::sleep_until(Instant::now() + model.timeout);
         tokio::pin!(deadline);
         let mut stream = model.provider.stream(messages);
-        let ending = loop {
+        let ending = 'stream: loop {
             tokio::select! {
                 biased;
                 reason = &mut cancel => match reason {
@@ -187,8 +187,22 @@ impl ChatPipeline {
                 item = stream.next() => match item {
                     Some(Ok(ProviderEvent::Delta(text))) => {
                         run.on_delta(&text);
-                        if events.send(ChatEvent::Delta(text)).await.is_err() {
-                            break Ending::ClientGone;
+                        // A client that stops reading fills the channel; waiting for room must
+                        // still honour cancel and the deadline, or the chat (and its upstream
+                        // request) would hang with the client.
+                        tokio::select! {
+                            biased;
+                            reason = &mut cancel => break 'stream match reason {
+                                Ok(reason) => Ending::Cancelled(reason),
+                                Err(_) => Ending::ClientGone,
+                            },
+                            _ = &mut deadline => {
+                                log::warn!("event=client_stalled model={} deltas={}", model.name, run.deltas);
+                                break 'stream Ending::ClientGone;
+                            }
+                            sent = events.send(ChatEvent::Delta(text)) => if sent.is_err() {
+                                break 'stream Ending::ClientGone;
+                            },
                         }
                     }
                     Some(Ok(ProviderEvent::Usage(usage))) => run.reported_usage = Some(usage),

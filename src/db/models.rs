@@ -2,7 +2,8 @@
 
 use diesel::prelude::*;
 
-use super::schema::{sessions, users};
+use super::schema::{request_log, sessions, usage_rollup, users};
+use crate::actors::metrics::RecordRequest;
 
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
@@ -24,4 +25,71 @@ pub struct SessionRow {
     pub ended_at: Option<i64>,
     pub messages: i64,
     pub avg_response_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = request_log)]
+// NULL rather than DEFAULT for `None`, so many rows can go in one INSERT on SQLite too.
+#[diesel(treat_none_as_default_value = false)]
+pub struct RequestRow {
+    pub id: String,
+    pub user_id: String,
+    pub session_id: Option<String>,
+    pub model: String,
+    pub started_at: i64,
+    pub latency_ms: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub estimated: bool,
+    pub outcome: String,
+    pub rolled_up: bool,
+}
+
+impl RequestRow {
+    pub fn from_record(record: &RecordRequest) -> RequestRow {
+        RequestRow {
+            id: record.id.to_string(),
+            user_id: record.user.to_string(),
+            session_id: record.session.as_ref().map(ToString::to_string),
+            model: record.model.to_string(),
+            started_at: record.started_at_ms,
+            latency_ms: record.latency_ms as i64,
+            tokens_in: record.tokens_in as i64,
+            tokens_out: record.tokens_out as i64,
+            estimated: record.estimated,
+            outcome: record.outcome.as_str().to_string(),
+            // The flusher counts each row into the rollups in the same transaction.
+            rolled_up: true,
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.outcome != "ok" && self.outcome != "cancelled"
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = usage_rollup)]
+pub struct RollupRow {
+    pub bucket_start: i64,
+    pub model: String,
+    pub requests: i64,
+    pub errors: i64,
+    pub latency_sum_ms: i64,
+    pub latency_count: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+}
+
+pub const MINUTE_MS: i64 = 60_000;
+
+impl RollupRow {
+    pub fn add(&mut self, row: &RequestRow) {
+        self.requests += 1;
+        self.errors += i64::from(row.is_error());
+        self.latency_sum_ms += row.latency_ms;
+        self.latency_count += 1;
+        self.tokens_in += row.tokens_in;
+        self.tokens_out += row.tokens_out;
+    }
 }

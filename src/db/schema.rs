@@ -30,4 +30,48 @@ diesel::table! {
 }
 
 diesel::joinable!(quota_usage -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, quota_usage, sessions);
+
+diesel::table! {
+    request_log (id) {
+        id -> Text,
+        user_id -> Text,
+        session_id -> Nullable<Text>,
+        model -> Text,
+        started_at -> BigInt,
+        latency_ms -> BigInt,
+        tokens_in -> BigInt,
+        tokens_out -> BigInt,
+        estimated -> Bool,
+        outcome -> Text,
+        rolled_up -> Bool,
+    }
+}
+
+diesel::table! {
+    usage_rollup (bucket_start, model) {
+        bucket_start -> BigInt,
+        model -> Text,
+        requests -> BigInt,
+        errors -> BigInt,
+        latency_sum_ms -> BigInt,
+        latency_count -> BigInt,
+        tokens_in -> BigInt,
+        tokens_out -> BigInt,
+    }
+}
+
+diesel::table! {
+    flush_batches (id) {
+        id -> Text,
+        written_at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    quota_usage,
+    sessions,
+    request_log,
+    usage_rollup,
+    flush_batches,
+);

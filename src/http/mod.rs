@@ -3,7 +3,9 @@
 pub mod admin_sessions;
 pub mod admin_users;
 pub mod health;
+pub mod metrics;
 pub mod openai;
+pub mod prometheus;
 
 use actix_web::web;
 
@@ -13,5 +15,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(openai::list_models)
         .service(admin_users::get_user)
         .service(admin_sessions::session_stats)
+        .service(metrics::admin_metrics)
+        .service(metrics::prometheus)
+        .route(
+            "/admin/ws",
+            web::get().to(crate::ws::connection::admin_feed_handshake),
+        )
         .route("/ws", web::get().to(crate::ws::connection::handshake));
 }

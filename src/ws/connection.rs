@@ -1,8 +1,10 @@
-//! One actor per chat WebSocket: handshake checks, the heartbeat, client frames in, reply
-//! frames out. This is the only module that uses `actix-web-actors` (deprecated upstream in
-//! favour of `actix-ws`), so moving off it touches this file alone.
+//! One actor per WebSocket: `WsConnection` for chat (handshake checks, the heartbeat, client
+//! frames in, reply frames out) and `AdminFeedConnection` for the live metrics feed. This is
+//! the only module that uses `actix-web-actors` (deprecated upstream in favour of
+//! `actix-ws`), so moving off it touches this file alone.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,10 @@ use tokio::sync::oneshot;
 
 use crate::actors::quota_keeper::EnsureUser;
 use crate::actors::session_registry::{DetachSession, OpenSession, SessionRegistry};
-use crate::actors::ws_hub::{CheckOrigin, RegisterConnection, UnregisterConnection, WsHub};
+use crate::actors::ws_hub::{
+    CheckOrigin, FeedDelivery, RegisterConnection, Subscribe, UnregisterConnection, Unsubscribe,
+    WsHub,
+};
 use crate::auth::authenticate;
 use crate::chat::{CancelReason, ChatEvent, ChatPipeline, ChatRequest, HistorySource};
 use crate::domain::{ChatId, SessionId, UserId};
@@ -37,11 +42,24 @@ pub struct CloseConnection {
 /// The longest a closing connection waits for cancelled replies to send their last frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// A chat client that leaves this much unread is cut off: far above any healthy backlog (a
+/// reader keeps it near zero), small enough that thousands of stalled clients fit in memory.
+const CHAT_MAX_BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct ConnectionSettings {
     pub heartbeat: Duration,
     pub client_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// Unsent bytes a chat client may leave waiting before it is disconnected.
+    pub max_backlog_bytes: u64,
+}
+
+/// Limits for live-feed subscribers, from the settings.
+#[derive(Clone, Debug)]
+pub struct FeedLimits {
+    pub max_backlog_bytes: u64,
+    pub max_consecutive_drops: u32,
 }
 
 const BINARY_REFUSED: &str = "binary frames are not accepted; send JSON text frames";
@@ -75,11 +93,29 @@ pub struct WsConnection {
     /// A message arriving in fragments, until its last fragment.
     fragments: Option<Fragments>,
     closing: Option<CloseReason>,
+    /// Bytes written for the client and bytes the socket has taken: the difference is what a
+    /// client that stopped reading leaves in our memory.
+    produced: u64,
+    consumed: Arc<AtomicU64>,
 }
 
 impl WsConnection {
-    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: &ServerFrame<'_>) {
-        ctx.text(frame.to_json());
+    fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: &ServerFrame<'_>) {
+        let text = frame.to_json();
+        self.produced += text.len() as u64 + 10;
+        ctx.text(text);
+        let backlog = self
+            .produced
+            .saturating_sub(self.consumed.load(Ordering::Relaxed));
+        if backlog > self.settings.max_backlog_bytes && self.closing.is_none() {
+            log::warn!(
+                "event=ws_slow_client conn_id={} user={} backlog_bytes={backlog}",
+                self.conn_id,
+                self.user
+            );
+            // Its replies end as cancelled when the actor stops; other clients are untouched.
+            self.close(ctx, CloseCode::Policy, "client is not reading its frames");
+        }
     }
 
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, reason: &str) {
@@ -485,6 +521,7 @@ pub async fn handshake(
         return Err(AppError::Forbidden("this user is disabled".into()));
     }
     let settings = &state.settings;
+    let consumed = Arc::new(AtomicU64::new(0));
     let connection = WsConnection {
         conn_id: rand::random(),
         user: identity.user,
@@ -497,14 +534,280 @@ pub async fn handshake(
             heartbeat: Duration::from_secs(settings.timers.heartbeat_secs),
             client_timeout: Duration::from_secs(settings.timers.client_timeout_secs),
             max_frame_bytes: settings.server.max_frame_bytes,
+            max_backlog_bytes: CHAT_MAX_BACKLOG_BYTES,
         },
         last_heard: Instant::now(),
         running: HashMap::new(),
         fragments: None,
         closing: None,
+        produced: 0,
+        consumed: consumed.clone(),
     };
-    ws::WsResponseBuilder::new(connection, &req, payload)
-        .frame_size(settings.server.max_frame_bytes)
-        .start()
-        .map_err(|err| AppError::BadRequest(format!("websocket handshake failed: {err}")))
+    start_counted(
+        connection,
+        &req,
+        payload,
+        settings.server.max_frame_bytes,
+        consumed,
+    )
+}
+
+/// Upgrades to a WebSocket served by `actor`, returning the response and the counter of
+/// bytes the HTTP layer has taken from the actor's outgoing stream.
+fn start_counted<A>(
+    actor: A,
+    req: &HttpRequest,
+    payload: web::Payload,
+    max_frame_bytes: usize,
+    consumed: Arc<AtomicU64>,
+) -> Result<HttpResponse, AppError>
+where
+    A: Actor<Context = ws::WebsocketContext<A>> + StreamHandler<Result<ws::Message, ProtocolError>>,
+{
+    let mut response = ws::handshake(req)
+        .map_err(|err| AppError::BadRequest(format!("websocket handshake failed: {err}")))?;
+    let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
+    let body = CountingBody {
+        inner: Box::pin(ws::WebsocketContext::with_codec(actor, payload, codec)),
+        consumed,
+    };
+    Ok(response.streaming(body))
+}
+
+/// Counts what the HTTP layer takes from a WebSocket's outgoing stream. It only takes more
+/// while the socket drains, so `produced - consumed` is what waits in memory because the
+/// client is not reading.
+struct CountingBody<S> {
+    inner: std::pin::Pin<Box<S>>,
+    consumed: Arc<AtomicU64>,
+}
+
+impl<S> futures_util::Stream for CountingBody<S>
+where
+    S: futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>>,
+{
+    type Item = Result<web::Bytes, actix_web::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(bytes))) = &polled {
+            self.consumed
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+/// The descriptor of the TCP connection a request arrived on (recorded at accept).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionFd(pub std::os::fd::RawFd);
+
+/// A handle that can shut a connection's socket down from outside. A WebSocket actor whose
+/// client stops reading is frozen (actix runs it only while the socket drains), so it cannot
+/// close itself; shutting the socket makes the pending write fail and frees everything.
+#[derive(Debug)]
+pub struct SocketShutdown(socket2::Socket);
+
+impl SocketShutdown {
+    /// Duplicates the descriptor of the connection `req` arrived on.
+    fn of_request(req: &HttpRequest) -> Option<SocketShutdown> {
+        let ConnectionFd(fd) = *req.conn_data::<ConnectionFd>()?;
+        // SAFETY: `fd` is the socket of the connection this request is being handled on; the
+        // connection stays open at least until its handler returns, so the number cannot name
+        // another file here. The duplicate we keep owns its own reference to the socket.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        borrowed
+            .try_clone_to_owned()
+            .ok()
+            .map(|owned| SocketShutdown(socket2::Socket::from(owned)))
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// One frame of the live metrics feed, serialized once for every subscriber.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct FeedFrame(pub Arc<str>);
+
+#[derive(Clone, Debug)]
+pub struct FeedConnectionSettings {
+    pub heartbeat: Duration,
+    pub client_timeout: Duration,
+    /// Unsent bytes allowed to wait for a subscriber; a frame that would add to more is dropped.
+    pub max_backlog_bytes: u64,
+    /// Frames dropped in a row before the subscriber is disconnected.
+    pub max_consecutive_drops: u32,
+}
+
+/// An admin watching `/admin/ws`. Frames come from the hub; this actor decides, from how much
+/// its client has left unread, whether to write or drop each one.
+pub struct AdminFeedConnection {
+    id: u64,
+    admin: UserId,
+    hub: Addr<WsHub>,
+    consumed: Arc<AtomicU64>,
+    produced: u64,
+    consecutive_drops: u32,
+    last_heard: Instant,
+    settings: FeedConnectionSettings,
+    socket: Option<SocketShutdown>,
+}
+
+impl Actor for AdminFeedConnection {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Two frames waiting is already a client that has fallen behind; the hub counts every
+        // frame that does not fit and gives up on the subscriber after a few.
+        ctx.set_mailbox_capacity(2);
+        self.hub.do_send(Subscribe {
+            id: self.id,
+            frames: ctx.address().recipient(),
+            close: ctx.address().recipient(),
+            socket: self.socket.take().map(Arc::new),
+        });
+        ctx.run_interval(self.settings.heartbeat, |act, ctx| {
+            if Instant::now().duration_since(act.last_heard) > act.settings.client_timeout {
+                ctx.close(Some(CloseReason {
+                    code: CloseCode::Normal,
+                    description: Some("client silent past the timeout".into()),
+                }));
+                return ctx.stop();
+            }
+            ctx.ping(b"");
+        });
+        log::info!("event=feed_subscribed id={} admin={}", self.id, self.admin);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.hub.do_send(Unsubscribe { id: self.id });
+        log::info!(
+            "event=feed_unsubscribed id={} admin={}",
+            self.id,
+            self.admin
+        );
+    }
+}
+
+impl Handler<FeedFrame> for AdminFeedConnection {
+    type Result = ();
+
+    fn handle(&mut self, frame: FeedFrame, ctx: &mut Self::Context) {
+        let backlog = self
+            .produced
+            .saturating_sub(self.consumed.load(Ordering::Relaxed));
+        log::trace!(
+            "event=feed_frame id={} bytes={} backlog={backlog} produced={}",
+            self.id,
+            frame.0.len(),
+            self.produced
+        );
+        if backlog > self.settings.max_backlog_bytes {
+            self.consecutive_drops += 1;
+            let give_up = self.consecutive_drops >= self.settings.max_consecutive_drops;
+            self.hub.do_send(FeedDelivery {
+                written: false,
+                disconnected: give_up,
+            });
+            if give_up {
+                log::warn!(
+                    "event=feed_subscriber_dropped id={} admin={} backlog_bytes={backlog}",
+                    self.id,
+                    self.admin
+                );
+                ctx.stop();
+            }
+            return;
+        }
+        self.consecutive_drops = 0;
+        // WebSocket framing adds at most 10 bytes; counting the payload is close enough.
+        self.produced += frame.0.len() as u64 + 10;
+        ctx.text(&*frame.0);
+        self.hub.do_send(FeedDelivery {
+            written: true,
+            disconnected: false,
+        });
+    }
+}
+
+impl Handler<CloseConnection> for AdminFeedConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseConnection, ctx: &mut Self::Context) {
+        ctx.close(Some(CloseReason {
+            code: CloseCode::from(msg.code),
+            description: Some(msg.reason),
+        }));
+        ctx.stop();
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for AdminFeedConnection {
+    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            Ok(ws::Message::Text(text)) => {
+                if matches!(ClientFrame::parse(&text), Ok(ClientFrame::Ping)) {
+                    ctx.text(ServerFrame::Pong.to_json());
+                }
+            }
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(_) => {}
+            Err(_) => ctx.stop(),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// `GET /admin/ws`: the live metrics feed for admins (token in the query for browsers).
+pub async fn admin_feed_handshake(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let identity = authenticate(&req)?;
+    if identity.role != crate::auth::Role::Admin {
+        return Err(AppError::Forbidden(
+            "the metrics feed needs a token with role admin".into(),
+        ));
+    }
+    let settings = &state.settings;
+    let consumed = Arc::new(AtomicU64::new(0));
+    let feed = state.feed.clone();
+    let connection = AdminFeedConnection {
+        id: rand::random(),
+        admin: identity.user,
+        hub: state.hub.clone(),
+        consumed: consumed.clone(),
+        produced: 0,
+        consecutive_drops: 0,
+        last_heard: Instant::now(),
+        settings: FeedConnectionSettings {
+            heartbeat: Duration::from_secs(settings.timers.heartbeat_secs),
+            client_timeout: Duration::from_secs(settings.timers.client_timeout_secs),
+            max_backlog_bytes: feed.max_backlog_bytes,
+            max_consecutive_drops: feed.max_consecutive_drops,
+        },
+        socket: SocketShutdown::of_request(&req),
+    };
+    start_counted(
+        connection,
+        &req,
+        payload,
+        settings.server.max_frame_bytes,
+        consumed,
+    )
 }

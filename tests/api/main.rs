@@ -3,5 +3,7 @@ mod chat_ws;
 mod cli;
 mod health;
 mod helpers;
+mod metrics;
 mod quota_primitive;
+mod tcp_proxy;
 mod ws_client;

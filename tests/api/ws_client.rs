@@ -47,11 +47,20 @@ pub struct ConnectOptions<'a> {
     pub token: Option<&'a str>,
     pub session_id: Option<&'a str>,
     pub origin: Option<&'a str>,
+    /// Defaults to `/ws`.
+    pub path: Option<&'a str>,
+}
+
+impl<'a> ConnectOptions<'a> {
+    pub fn at(mut self, path: &'a str) -> Self {
+        self.path = Some(path);
+        self
+    }
 }
 
 /// Connects; `Err(status)` when the server refused the upgrade.
 pub async fn connect_with(app: &TestApp, options: ConnectOptions<'_>) -> Result<WsClient, u16> {
-    let mut url = format!("{}/ws?", app.ws_url);
+    let mut url = format!("{}{}?", app.ws_url, options.path.unwrap_or("/ws"));
     if let Some(token) = options.token {
         url.push_str(&format!("token={token}&"));
     }

@@ -3,6 +3,7 @@
 
 pub mod quota;
 pub mod sessions;
+pub mod usage;
 pub mod users;
 
 use diesel::connection::SimpleConnection;

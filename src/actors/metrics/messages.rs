@@ -1,0 +1,66 @@
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use super::state::{LifetimeCounters, MetricsSnapshot};
+use crate::domain::{SessionId, UserId};
+use crate::error::ErrorCode;
+
+/// How an admitted request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Cancelled,
+    Error(ErrorCode),
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Error(code) => code.as_str(),
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self, Outcome::Error(_))
+    }
+}
+
+/// One admitted chat, whatever its end. Produced exactly once per admitted chat.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct RecordRequest {
+    pub id: uuid::Uuid,
+    pub user: UserId,
+    pub session: Option<SessionId>,
+    pub model: Arc<str>,
+    pub started_at_ms: i64,
+    pub latency_ms: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Token counts were estimated by chatgate rather than reported by the upstream.
+    pub estimated: bool,
+    pub outcome: Outcome,
+}
+
+/// A chat refused at admission (rate limit, quota, bad model…): not usage, only counted.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct RecordRejection {
+    pub code: ErrorCode,
+}
+
+/// The windows, refusals and the `recent_limit` newest requests.
+#[derive(Message)]
+#[rtype(result = "MetricsSnapshot")]
+pub struct GetMetricsSnapshot {
+    pub recent_limit: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "LifetimeCounters")]
+pub struct GetLifetimeCounters;
