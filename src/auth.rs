@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +117,10 @@ pub fn token_from_request(req: &HttpRequest) -> Option<String> {
 }
 
 pub fn authenticate(req: &HttpRequest) -> Result<Identity, AppError> {
+    // Verified once by the guard middleware for this request.
+    if let Some(identity) = req.extensions().get::<Identity>() {
+        return Ok(identity.clone());
+    }
     let keys = req
         .app_data::<web::Data<JwtKeys>>()
         .ok_or_else(|| AppError::internal("JwtKeys missing from app data"))?;

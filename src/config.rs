@@ -923,7 +923,7 @@ fn split_origins(raw: &str) -> Vec<String> {
 }
 
 /// Browsers send `scheme://host[:port]` exactly; anything with a path would never match.
-fn is_origin(origin: &str) -> bool {
+pub fn is_origin(origin: &str) -> bool {
     match origin.split_once("://") {
         Some((scheme, host)) => {
             !scheme.is_empty()

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use actix::{Actor, Addr};
 
 use crate::actors::db_flusher::{DbBatchWriter, DbFlusher, FlusherSettings, Shutdown};
+use crate::actors::history_cache::HistoryCache;
 use crate::actors::metrics::{GetMetricsSnapshot, MetricsAggregator};
 use crate::actors::quota_keeper::QuotaKeeper;
 use crate::actors::rate_limiter::RateLimiter;
@@ -22,7 +23,7 @@ use crate::chat::ChatPipeline;
 use crate::config::Settings;
 use crate::db::{self, retry::Backoff, DatabaseUrl, DbPool, PoolSettings};
 use crate::error::AppError;
-use crate::http;
+use crate::http::{self, guard, guard::GuardLimiters};
 use crate::providers::ModelCatalog;
 use crate::report::ReportSources;
 use crate::ws::connection::FeedLimits;
@@ -40,8 +41,23 @@ pub struct AppState {
     pub flusher: Addr<DbFlusher>,
     pub metrics: Addr<MetricsAggregator>,
     pub user_limiter: Addr<RateLimiter>,
+    pub guard: GuardLimiters,
+    pub history_cache: Addr<HistoryCache>,
     pub feed: FeedLimits,
 }
+
+/// Failed token verifications allowed per client address per window: plenty for a client
+/// with an expired token to notice, far too few to guess a token.
+const AUTH_FAILURES_PER_WINDOW: u32 = 30;
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Usage-history answers kept, and for how long: enough for dashboards refreshing together,
+/// short enough that new usage shows up within seconds.
+const HISTORY_CACHE_ENTRIES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(256) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
+const HISTORY_CACHE_TTL: Duration = Duration::from_secs(3);
 
 /// Starts every actor on the current arbiter and returns the shared state.
 fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::Result<AppState> {
@@ -71,6 +87,23 @@ fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::
     let user_window = Duration::from_secs(limits.user_rate_window_secs);
     let user_limiter =
         RateLimiter::new("users", limits.user_rate_limit, user_window, user_window).start();
+    let admin_window = Duration::from_secs(limits.admin_rate_window_secs);
+    let guard = GuardLimiters {
+        admins: RateLimiter::new(
+            "admins",
+            limits.admin_rate_limit,
+            admin_window,
+            admin_window,
+        )
+        .start(),
+        auth_failures: RateLimiter::new(
+            "auth_failures",
+            AUTH_FAILURES_PER_WINDOW,
+            AUTH_FAILURE_WINDOW,
+            AUTH_FAILURE_WINDOW,
+        )
+        .start(),
+    };
     let quota = QuotaKeeper::new(pool.clone(), limits.daily_quota).start();
     let metrics =
         MetricsAggregator::new(settings.telemetry.recent_requests, flusher.clone()).start();
@@ -112,6 +145,8 @@ fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::
         flusher,
         metrics,
         user_limiter,
+        guard,
+        history_cache: HistoryCache::new(HISTORY_CACHE_ENTRIES, HISTORY_CACHE_TTL).start(),
         feed,
     })
 }
@@ -340,10 +375,13 @@ fn build_server(
     settings: &Settings,
 ) -> anyhow::Result<Server> {
     let jwt = web::Data::new(jwt);
+    let guard = web::Data::new(state.guard.clone());
     let max_body = settings.server.max_frame_bytes;
     let shutdown_secs = settings.server.shutdown_timeout_secs;
     let server = HttpServer::new(move || {
         App::new()
+            // Registered first, so it runs inside the access log: refusals are logged too.
+            .wrap(middleware::from_fn(guard::guard))
             .wrap(
                 // Path only: query strings carry tokens, and headers carry secrets.
                 middleware::Logger::new(
@@ -354,6 +392,7 @@ fn build_server(
             )
             .app_data(state.clone())
             .app_data(jwt.clone())
+            .app_data(guard.clone())
             .app_data(json_config(max_body))
             .app_data(web::PayloadConfig::new(max_body))
             .app_data(query_config())

@@ -1,6 +1,7 @@
 //! One actor per concern; state lives inside its actor and leaves only as owned snapshots.
 
 pub mod db_flusher;
+pub mod history_cache;
 pub mod metrics;
 pub mod quota_keeper;
 pub mod rate_limiter;

@@ -71,6 +71,35 @@ pub struct EndSession {
 #[rtype(result = "SessionStats")]
 pub struct GetSessionStats;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateFilter {
+    Active,
+    Inactive,
+    All,
+}
+
+/// A page of sessions, newest first, strictly after `after` = (started_at_ms, id) of the last
+/// item of the previous page, so pages stay stable while sessions come and go.
+#[derive(Message)]
+#[rtype(result = "Vec<SessionSummary>")]
+pub struct ListSessions {
+    pub filter: StateFilter,
+    pub after: Option<(i64, String)>,
+    pub limit: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionSummary {
+    pub id: String,
+    pub user: String,
+    pub active: bool,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub messages: i64,
+    pub avg_response_ms: Option<i64>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SessionStats {
     pub active: usize,
@@ -283,6 +312,46 @@ impl RegistryState {
         before - self.sessions.len()
     }
 
+    pub fn list(
+        &self,
+        filter: StateFilter,
+        after: Option<&(i64, String)>,
+        limit: usize,
+    ) -> Vec<SessionSummary> {
+        let mut matching: Vec<(&SessionId, &Session)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| match filter {
+                StateFilter::All => true,
+                StateFilter::Active => s.attachment.is_some(),
+                StateFilter::Inactive => s.attachment.is_none(),
+            })
+            .filter(|(id, s)| match after {
+                // Newest first: the next page holds what sorts after the cursor.
+                Some((started, last_id)) => {
+                    (s.started_at_ms, id.as_str()) < (*started, last_id.as_str())
+                }
+                None => true,
+            })
+            .collect();
+        matching.sort_unstable_by(|a, b| {
+            (b.1.started_at_ms, b.0.as_str()).cmp(&(a.1.started_at_ms, a.0.as_str()))
+        });
+        matching
+            .into_iter()
+            .take(limit)
+            .map(|(id, s)| SessionSummary {
+                id: id.to_string(),
+                user: s.user.to_string(),
+                active: s.attachment.is_some(),
+                started_at_ms: s.started_at_ms,
+                ended_at_ms: s.ended_at_ms,
+                messages: s.messages,
+                avg_response_ms: s.avg_response_ms(),
+            })
+            .collect()
+    }
+
     pub fn stats(&self) -> SessionStats {
         SessionStats {
             active: self.active,
@@ -414,6 +483,14 @@ impl Handler<EndSession> for SessionRegistry {
         }
         self.persist(row);
         Ok(())
+    }
+}
+
+impl Handler<ListSessions> for SessionRegistry {
+    type Result = MessageResult<ListSessions>;
+
+    fn handle(&mut self, msg: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.list(msg.filter, msg.after.as_ref(), msg.limit))
     }
 }
 

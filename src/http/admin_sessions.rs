@@ -1,10 +1,16 @@
-//! `/admin/sessions`: the session registry, read and managed.
+//! `/admin/sessions`: the session registry, read and managed. Sessions live in the instance
+//! that holds their connection; the database keeps their rows for history.
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{delete, get, web, HttpResponse};
+use serde::{Deserialize, Serialize};
 
-use crate::actors::session_registry::GetSessionStats;
+use crate::actors::session_registry::{
+    EndSession, GetSessionStats, ListSessions, SessionSummary, StateFilter,
+};
 use crate::auth::AdminIdentity;
+use crate::domain::SessionId;
 use crate::error::AppError;
+use crate::http::pagination::{decode_cursor, page_limit, Page};
 use crate::startup::AppState;
 
 #[get("/admin/sessions/stats")]
@@ -18,4 +24,92 @@ pub async fn session_stats(
         .await
         .map_err(|err| AppError::unavailable_mailbox("session_registry", err))?;
     Ok(HttpResponse::Ok().json(stats))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    state: Option<StateFilter>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// A session as the contract lists it: RFC 3339 times.
+#[derive(Serialize)]
+struct SessionItem {
+    id: String,
+    user: String,
+    active: bool,
+    started_at: String,
+    ended_at: Option<String>,
+    messages: i64,
+    avg_response_ms: Option<i64>,
+    #[serde(skip)]
+    started_at_ms: i64,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+impl From<SessionSummary> for SessionItem {
+    fn from(s: SessionSummary) -> SessionItem {
+        SessionItem {
+            started_at: rfc3339(s.started_at_ms),
+            ended_at: s.ended_at_ms.map(rfc3339),
+            id: s.id,
+            user: s.user,
+            active: s.active,
+            messages: s.messages,
+            avg_response_ms: s.avg_response_ms,
+            started_at_ms: s.started_at_ms,
+        }
+    }
+}
+
+#[get("/admin/sessions")]
+pub async fn list_sessions(
+    _admin: AdminIdentity,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, AppError> {
+    let query = query.into_inner();
+    let limit = page_limit(query.limit)?;
+    let after: Option<(i64, String)> = decode_cursor(query.cursor.as_deref())?;
+    let sessions = state
+        .registry
+        .send(ListSessions {
+            filter: query.state.unwrap_or(StateFilter::All),
+            after,
+            limit: limit + 1,
+        })
+        .await
+        .map_err(|err| AppError::unavailable_mailbox("session_registry", err))?;
+    let items: Vec<SessionItem> = sessions.into_iter().map(SessionItem::from).collect();
+    Ok(
+        HttpResponse::Ok().json(Page::from_fetched(items, limit, |s: &SessionItem| {
+            (s.started_at_ms, s.id.clone())
+        })),
+    )
+}
+
+#[delete("/admin/sessions/{id}")]
+pub async fn end_session(
+    admin: AdminIdentity,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id =
+        SessionId::parse(&path.into_inner()).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    state
+        .registry
+        .send(EndSession { id: id.clone() })
+        .await
+        .map_err(|err| AppError::unavailable_mailbox("session_registry", err))??;
+    log::info!(
+        "event=session_ended_by_admin admin={} session={id}",
+        admin.0.user
+    );
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -1,24 +1,28 @@
-//! `/admin/users`: per-user limits and state.
+//! `/admin/users`: per-user limits and state, with optimistic concurrency (`ETag`/`If-Match`).
 
-use actix_web::{get, http::header, web, HttpResponse};
-use serde::Serialize;
+use actix_web::http::header;
+use actix_web::{get, put, web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
 
+use crate::actors::ws_hub::CloseUserConnections;
 use crate::auth::AdminIdentity;
 use crate::db::models::UserRow;
-use crate::db::queries::{quota, users};
+use crate::db::queries::users::{self, UserChange};
+use crate::db::queries::{now_ms, quota};
 use crate::domain::{QuotaDay, UserId};
 use crate::error::AppError;
+use crate::http::pagination::{decode_cursor, page_limit, Page};
 use crate::startup::AppState;
 
 #[derive(Debug, Serialize)]
 pub struct UserView {
     pub id: String,
+    /// The limit in force: the user's own, or the default when `daily_limit_is_default`.
     pub daily_limit: i64,
     pub daily_limit_is_default: bool,
     pub used_today: i64,
     pub disabled: bool,
     pub version: i64,
-    pub created_at_ms: i64,
 }
 
 impl UserView {
@@ -30,13 +34,52 @@ impl UserView {
             used_today,
             disabled: row.disabled,
             version: row.version,
-            created_at_ms: row.created_at,
         }
     }
 }
 
-pub fn etag(version: i64) -> (header::HeaderName, String) {
+fn etag(version: i64) -> (header::HeaderName, String) {
     (header::ETAG, format!("\"{version}\""))
+}
+
+fn parse_user_id(raw: &str) -> Result<UserId, AppError> {
+    UserId::parse(raw).map_err(|e| AppError::BadRequest(e.to_string()))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+#[get("/admin/users")]
+pub async fn list_users(
+    _admin: AdminIdentity,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, AppError> {
+    let limit = page_limit(query.limit)?;
+    let after: Option<String> = decode_cursor(query.cursor.as_deref())?;
+    let day = QuotaDay::today().as_key();
+    let rows = state
+        .db
+        .run(move |conn| {
+            let rows = users::list_users(conn, after.as_deref(), limit as i64 + 1)?;
+            rows.into_iter()
+                .map(|row| quota::used_on(conn, &row.id, &day).map(|used| (row, used)))
+                .collect::<diesel::QueryResult<Vec<_>>>()
+        })
+        .await?;
+    let default_limit = state.settings.limits.daily_quota;
+    let views = rows
+        .into_iter()
+        .map(|(row, used)| UserView::new(row, used, default_limit))
+        .collect();
+    Ok(
+        HttpResponse::Ok().json(Page::from_fetched(views, limit, |u: &UserView| {
+            u.id.clone()
+        })),
+    )
 }
 
 #[get("/admin/users/{id}")]
@@ -45,7 +88,7 @@ pub async fn get_user(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = UserId::parse(&path.into_inner()).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let id = parse_user_id(&path.into_inner())?;
     let day = QuotaDay::today().as_key();
     let key = id.as_str().to_string();
     let found = state
@@ -59,6 +102,115 @@ pub async fn get_user(
         })
         .await?;
     let (row, used) = found.ok_or_else(|| AppError::NotFound(format!("no user {id}")))?;
+    let view = UserView::new(row, used, state.settings.limits.daily_quota);
+    Ok(HttpResponse::Ok()
+        .insert_header(etag(view.version))
+        .json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutUser {
+    /// `null` or absent: the default quota applies.
+    #[serde(default)]
+    daily_limit: Option<i64>,
+    disabled: bool,
+}
+
+/// What `If-Match` asks for: absent (unconditional), `*` (any existing version) or a version.
+enum Precondition {
+    None,
+    Exists,
+    Version(i64),
+    /// A tag this server never issued: it can match nothing.
+    Unmatchable,
+}
+
+fn precondition(req: &HttpRequest) -> Precondition {
+    let Some(value) = req.headers().get(header::IF_MATCH) else {
+        return Precondition::None;
+    };
+    let Ok(value) = value.to_str() else {
+        return Precondition::Unmatchable;
+    };
+    let value = value.trim();
+    if value == "*" {
+        return Precondition::Exists;
+    }
+    // Weak tags compare by value too: versions are exact either way.
+    let tag = value.strip_prefix("W/").unwrap_or(value).trim_matches('"');
+    tag.parse()
+        .map(Precondition::Version)
+        .unwrap_or(Precondition::Unmatchable)
+}
+
+#[put("/admin/users/{id}")]
+pub async fn put_user(
+    admin: AdminIdentity,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<PutUser>,
+) -> Result<HttpResponse, AppError> {
+    let id = parse_user_id(&path.into_inner())?;
+    let PutUser {
+        daily_limit,
+        disabled,
+    } = body.into_inner();
+    if daily_limit.is_some_and(|limit| limit < 0) {
+        return Err(AppError::BadRequest(
+            "daily_limit must be 0 or more (null for the default)".into(),
+        ));
+    }
+    let change = UserChange {
+        daily_limit,
+        disabled,
+    };
+    let expected = match precondition(&req) {
+        Precondition::Unmatchable => {
+            return Err(AppError::PreconditionFailed(
+                "If-Match names no version of this user".into(),
+            ))
+        }
+        other => other,
+    };
+    let key = id.as_str().to_string();
+    let day = QuotaDay::today().as_key();
+    let stored = state
+        .db
+        .run(move |conn| {
+            let row = match expected {
+                Precondition::None => Some(users::put_user(conn, &key, &change, now_ms())?),
+                Precondition::Exists => users::update_user_if(conn, &key, None, &change)?,
+                Precondition::Version(v) => users::update_user_if(conn, &key, Some(v), &change)?,
+                Precondition::Unmatchable => None,
+            };
+            match row {
+                Some(row) => Ok(Some((quota::used_on(conn, &key, &day)?, row))),
+                None => Ok(None),
+            }
+        })
+        .await?;
+    let (used, row) = stored.ok_or_else(|| {
+        AppError::PreconditionFailed(
+            "the user changed since you read it; reload and try again".into(),
+        )
+    })?;
+    log::info!(
+        "event=user_updated admin={} user={} version={} disabled={} daily_limit={:?}",
+        admin.0.user,
+        row.id,
+        row.version,
+        row.disabled,
+        row.daily_limit
+    );
+    if row.disabled {
+        state.hub.do_send(CloseUserConnections {
+            user: id,
+            code: 1008,
+            reason: "user disabled".into(),
+        });
+    }
     let view = UserView::new(row, used, state.settings.limits.daily_quota);
     Ok(HttpResponse::Ok()
         .insert_header(etag(view.version))

@@ -1,11 +1,15 @@
 //! The single route table, used by `startup` and by the tests.
 
+pub mod admin_origins;
 pub mod admin_sessions;
 pub mod admin_users;
+pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod openai;
+pub mod pagination;
 pub mod prometheus;
+pub mod usage_history;
 
 use actix_web::web;
 
@@ -13,8 +17,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(openai::list_models)
+        .service(admin_users::list_users)
         .service(admin_users::get_user)
+        .service(admin_users::put_user)
         .service(admin_sessions::session_stats)
+        .service(admin_sessions::list_sessions)
+        .service(admin_sessions::end_session)
+        .service(admin_origins::get_origins)
+        .service(admin_origins::put_origins)
+        .service(usage_history::usage_history)
         .service(metrics::admin_metrics)
         .service(metrics::prometheus)
         .route(

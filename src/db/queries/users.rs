@@ -34,3 +34,95 @@ pub fn ensure_user(conn: &mut DbConnection, id: &str, now_ms: i64) -> QueryResul
     insert_user_if_missing(conn, id, now_ms)?;
     find_user(conn, id)?.ok_or(diesel::result::Error::NotFound)
 }
+
+/// Users ordered by id, after `after` (exclusive), at most `limit`.
+pub fn list_users(
+    conn: &mut DbConnection,
+    after: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<UserRow>> {
+    with_backend!(conn, |c| {
+        let mut query = users::table
+            .select(UserRow::as_select())
+            .order(users::id.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(users::id.gt(after));
+        }
+        query.load(c)
+    })
+}
+
+/// What an admin wants a user row to say.
+#[derive(Clone, Debug)]
+pub struct UserChange {
+    pub daily_limit: Option<i64>,
+    pub disabled: bool,
+}
+
+/// Creates or replaces the row unconditionally; the version goes up by one on replace.
+pub fn put_user(
+    conn: &mut DbConnection,
+    id: &str,
+    change: &UserChange,
+    now_ms: i64,
+) -> QueryResult<UserRow> {
+    let row = UserRow {
+        id: id.to_string(),
+        daily_limit: change.daily_limit,
+        disabled: change.disabled,
+        version: 1,
+        created_at: now_ms,
+    };
+    with_backend!(conn, |c| diesel::insert_into(users::table)
+        .values(&row)
+        .on_conflict(users::id)
+        .do_update()
+        .set((
+            users::daily_limit.eq(change.daily_limit),
+            users::disabled.eq(change.disabled),
+            users::version.eq(users::version + 1),
+        ))
+        .returning(UserRow::as_returning())
+        .get_result(c))
+}
+
+/// Replaces the row only if it is still at `expected_version` (`None` = any existing version):
+/// one conditional UPDATE, so two admins (or instances) cannot lose each other's change.
+/// `None` back means the precondition failed.
+pub fn update_user_if(
+    conn: &mut DbConnection,
+    id: &str,
+    expected_version: Option<i64>,
+    change: &UserChange,
+) -> QueryResult<Option<UserRow>> {
+    with_backend!(conn, |c| {
+        let filter = users::id.eq(id);
+        let updated = match expected_version {
+            Some(version) => diesel::update(
+                users::table
+                    .filter(filter)
+                    .filter(users::version.eq(version)),
+            )
+            .set((
+                users::daily_limit.eq(change.daily_limit),
+                users::disabled.eq(change.disabled),
+                users::version.eq(users::version + 1),
+            ))
+            .returning(UserRow::as_returning())
+            .get_result(c)
+            .optional()?,
+            None => diesel::update(users::table.filter(filter))
+                .set((
+                    users::daily_limit.eq(change.daily_limit),
+                    users::disabled.eq(change.disabled),
+                    users::version.eq(users::version + 1),
+                ))
+                .returning(UserRow::as_returning())
+                .get_result(c)
+                .optional()?,
+        };
+        Ok(updated)
+    })
+}

@@ -1,0 +1,66 @@
+//! `/admin/origins`: the browser origins allowed to open WebSockets, held by the hub that
+//! checks handshakes, so a change applies to the next handshake.
+
+use actix_web::{get, put, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use crate::actors::ws_hub::{GetOrigins, SetOrigins};
+use crate::auth::AdminIdentity;
+use crate::config::is_origin;
+use crate::error::AppError;
+use crate::startup::AppState;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origins {
+    origins: Vec<String>,
+}
+
+#[get("/admin/origins")]
+pub async fn get_origins(
+    _admin: AdminIdentity,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let origins = state
+        .hub
+        .send(GetOrigins)
+        .await
+        .map_err(|e| AppError::unavailable_mailbox("ws_hub", e))?;
+    Ok(HttpResponse::Ok().json(Origins { origins }))
+}
+
+#[put("/admin/origins")]
+pub async fn put_origins(
+    admin: AdminIdentity,
+    state: web::Data<AppState>,
+    body: web::Json<Origins>,
+) -> Result<HttpResponse, AppError> {
+    let origins: Vec<String> = body
+        .into_inner()
+        .origins
+        .into_iter()
+        .map(|o| o.trim().to_string())
+        .collect();
+    let bad: Vec<&str> = origins
+        .iter()
+        .map(String::as_str)
+        .filter(|o| *o != "*" && !is_origin(o))
+        .collect();
+    if !bad.is_empty() {
+        return Err(AppError::BadRequest(format!(
+            "not origins (expected scheme://host[:port] or *): {}",
+            bad.join(", ")
+        )));
+    }
+    let origins = state
+        .hub
+        .send(SetOrigins { origins })
+        .await
+        .map_err(|e| AppError::unavailable_mailbox("ws_hub", e))?;
+    log::info!(
+        "event=origins_changed admin={} origins={}",
+        admin.0.user,
+        origins.join(",")
+    );
+    Ok(HttpResponse::Ok().json(Origins { origins }))
+}

@@ -1,0 +1,99 @@
+//! The one middleware in front of every route: verifies a presented token once (handlers'
+//! extractors reuse it), limits each admin's requests to `/admin/*` and `/metrics`, and limits
+//! failed token attempts per client address so tokens cannot be guessed cheaply.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage};
+
+use crate::actors::rate_limiter::{Admission, Check, RateLimiter};
+use crate::auth::{token_from_request, JwtKeys, Role};
+use crate::error::AppError;
+
+/// The limiters the guard consults; each is its own RateLimiter actor.
+#[derive(Clone)]
+pub struct GuardLimiters {
+    pub admins: Addr<RateLimiter>,
+    pub auth_failures: Addr<RateLimiter>,
+}
+
+/// Routes under the admin limit. The dashboard page itself (`/admin`) needs no token.
+fn is_admin_route(path: &str) -> bool {
+    path == "/metrics" || path.starts_with("/admin/")
+}
+
+async fn check(
+    limiter: &Addr<RateLimiter>,
+    key: Arc<str>,
+    name: &'static str,
+) -> Result<Admission, AppError> {
+    limiter
+        .send(Check { key })
+        .await
+        .map_err(|e| AppError::unavailable_mailbox(name, e))
+}
+
+pub async fn guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let (Some(keys), Some(limiters)) = (
+        req.app_data::<web::Data<JwtKeys>>().cloned(),
+        req.app_data::<web::Data<GuardLimiters>>().cloned(),
+    ) else {
+        return next.call(req).await;
+    };
+    let Some(token) = token_from_request(req.request()) else {
+        return next.call(req).await;
+    };
+    match keys.verify(&token) {
+        Ok(identity) => {
+            if identity.role == Role::Admin && is_admin_route(req.path()) {
+                let key: Arc<str> = Arc::from(identity.user.as_str());
+                if let Admission::Limited { retry_after } =
+                    check(&limiters.admins, key, "admin_rate_limiter").await?
+                {
+                    log::warn!(
+                        "event=admin_rate_limited sub={} path={}",
+                        identity.user,
+                        req.path()
+                    );
+                    return Err(AppError::RateLimited {
+                        message: "too many admin requests; slow down".into(),
+                        retry_after,
+                    }
+                    .into());
+                }
+            }
+            req.extensions_mut().insert(identity);
+        }
+        Err(_) => {
+            // Only failures count, so a client with a valid token is never held back by
+            // someone else's guessing from the same address (e.g. behind one proxy).
+            let peer = req
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|| "unknown".into());
+            if let Admission::Limited { retry_after } = check(
+                &limiters.auth_failures,
+                Arc::from(peer.as_str()),
+                "auth_failure_limiter",
+            )
+            .await?
+            {
+                log::warn!("event=auth_failures_limited peer={peer}");
+                return Err(AppError::RateLimited {
+                    message: "too many failed authentication attempts from this address".into(),
+                    retry_after,
+                }
+                .into());
+            }
+            // The handler's extractor reports the precise 401.
+        }
+    }
+    next.call(req).await
+}
