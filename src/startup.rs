@@ -123,13 +123,13 @@ fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::
     )
     .start();
     let models = ModelCatalog::from_settings(&settings).map_err(|err| anyhow::anyhow!("{err}"))?;
-    let pipeline = Arc::new(ChatPipeline {
-        rate_limiter: user_limiter.clone(),
-        quota: quota.clone(),
-        registry: registry.clone(),
-        metrics: metrics.clone(),
+    let pipeline = Arc::new(ChatPipeline::new(
+        user_limiter.clone(),
+        quota.clone(),
+        registry.clone(),
+        metrics.clone(),
         models,
-    });
+    ));
     let feed = FeedLimits {
         max_backlog_bytes: settings.telemetry.feed_max_backlog_bytes,
         max_consecutive_drops: settings.telemetry.feed_max_drops,
@@ -296,41 +296,42 @@ impl Application {
     }
 }
 
-/// Stop accepting, close every WebSocket (replies end with `unavailable`, then 1001), let
-/// in-flight HTTP requests finish, then write everything buffered — within `deadline`.
+/// Stop accepting; end every running reply with `unavailable` and close every WebSocket with
+/// 1001, all at once; let in-flight HTTP requests finish; then write everything buffered. All
+/// within `deadline`: the final flush keeps a reserve of it, and whatever is still open when
+/// its phase runs out is named in a warning and left behind.
 async fn shutdown(state: &AppState, handle: ServerHandle, deadline: Duration) {
-    let until = tokio::time::Instant::now() + deadline;
+    let start = tokio::time::Instant::now();
+    let until = start + deadline;
+    let flush_reserve = (deadline / 4).min(Duration::from_secs(2));
+    let close_until = until - flush_reserve;
     handle.pause().await;
-    let closing = state
+    state.pipeline.begin_shutdown();
+    let told = state
         .hub
         .send(CloseAllConnections {
             code: 1001,
             reason: "server shutting down".into(),
         })
-        .await;
-    log::info!(
-        "event=shutdown_closing_websockets connections={}",
-        closing.unwrap_or(0)
-    );
+        .await
+        .unwrap_or(0);
+    log::info!("event=shutdown_closing_websockets connections={told}");
     loop {
-        match state.hub.send(GetHubStats).await {
-            Ok(stats)
-                if stats.connections + stats.subscribers > 0
-                    && tokio::time::Instant::now() < until =>
-            {
-                actix_web::rt::time::sleep(Duration::from_millis(10)).await;
-            }
-            Ok(stats) if stats.connections + stats.subscribers > 0 => {
-                log::warn!(
-                    "event=shutdown_deadline_passed what=websockets open={}",
-                    stats.connections
-                );
-                break;
-            }
-            _ => break,
+        let stats = state.hub.send(GetHubStats).await.ok();
+        let open = stats.map_or(0, |s| s.connections + s.subscribers);
+        let replies = state.pipeline.in_flight();
+        if open == 0 && replies == 0 {
+            break;
         }
+        if tokio::time::Instant::now() >= close_until {
+            // A client that stopped reading freezes its connection; the server stop below
+            // drops it.
+            log::warn!("event=shutdown_deadline_passed what=websockets open={open} replies_in_flight={replies}");
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
-    let http_left = until.saturating_duration_since(tokio::time::Instant::now());
+    let http_left = close_until.saturating_duration_since(tokio::time::Instant::now());
     if tokio::time::timeout(http_left, handle.stop(true))
         .await
         .is_err()
@@ -346,9 +347,12 @@ async fn shutdown(state: &AppState, handle: ServerHandle, deadline: Duration) {
         .await;
     let flush_left = until
         .saturating_duration_since(tokio::time::Instant::now())
-        .max(Duration::from_millis(500));
+        .max(Duration::from_millis(100));
     match tokio::time::timeout(flush_left, state.flusher.send(Shutdown)).await {
-        Ok(Ok(Ok(()))) => log::info!("event=shutdown_flushed"),
+        Ok(Ok(Ok(()))) => log::info!(
+            "event=shutdown_flushed elapsed_ms={}",
+            start.elapsed().as_millis()
+        ),
         Ok(Ok(Err(err))) => log::error!("event=shutdown_flush_failed error={err}"),
         Ok(Err(err)) => log::error!("event=shutdown_flush_failed error={err}"),
         Err(_) => log::warn!("event=shutdown_deadline_passed what=final_flush"),

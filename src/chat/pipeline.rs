@@ -3,7 +3,9 @@ use std::time::Duration;
 
 use actix::Addr;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::actors::metrics::{MetricsAggregator, Outcome, RecordRejection, RecordRequest};
@@ -65,6 +67,27 @@ pub struct ChatPipeline {
     pub registry: Addr<SessionRegistry>,
     pub metrics: Addr<MetricsAggregator>,
     pub models: ModelCatalog,
+    /// Set once at shutdown: every running reply ends with `unavailable` and records itself,
+    /// whether or not its transport is still able to pass the word on.
+    shutdown: watch::Sender<bool>,
+    /// Chats started and not yet recorded, so shutdown can wait for their records.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a chat as in flight for as long as it lives (also if its task panics).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Enough room that a fast model never waits on a transport that is keeping up, small enough
@@ -72,6 +95,34 @@ pub struct ChatPipeline {
 const EVENT_BUFFER: usize = 64;
 
 impl ChatPipeline {
+    pub fn new(
+        rate_limiter: Addr<RateLimiter>,
+        quota: Addr<QuotaKeeper>,
+        registry: Addr<SessionRegistry>,
+        metrics: Addr<MetricsAggregator>,
+        models: ModelCatalog,
+    ) -> ChatPipeline {
+        ChatPipeline {
+            rate_limiter,
+            quota,
+            registry,
+            metrics,
+            models,
+            shutdown: watch::channel(false).0,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Ends every running reply with `unavailable` and refuses new ones.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Chats started and not yet recorded.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
     /// Starts a chat on the current worker. Events arrive on the handle.
     pub fn start(self: &Arc<Self>, request: ChatRequest) -> ChatHandle {
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
@@ -130,6 +181,13 @@ impl ChatPipeline {
         events: mpsc::Sender<ChatEvent>,
         mut cancel: oneshot::Receiver<CancelReason>,
     ) {
+        let _in_flight = InFlight::enter(&self.in_flight);
+        let mut shutdown = self.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            let err =
+                AppError::Unavailable("the server is shutting down; reconnect shortly".into());
+            return self.reject(&events, err);
+        }
         let day = QuotaDay::today();
         let model = match self.admit(&request).await {
             Ok(model) => model,
@@ -161,7 +219,16 @@ impl ChatPipeline {
         run.session = session;
         run.estimated_usage.prompt_tokens = count_words(&messages);
 
-        // The client may have cancelled or left while we were admitting.
+        // The client may have cancelled or left, or shutdown begun, while we were admitting.
+        if *shutdown.borrow_and_update() {
+            return self.finish(
+                run,
+                &events,
+                Ending::Cancelled(CancelReason::Shutdown),
+                &request,
+                &day,
+            );
+        }
         if let Ok(reason) = cancel.try_recv() {
             return self.finish(run, &events, Ending::Cancelled(reason), &request, &day);
         }
@@ -180,6 +247,7 @@ impl ChatPipeline {
                     // The transport dropped its handle without a word: it is gone.
                     Err(_) => break Ending::ClientGone,
                 },
+                _ = shutdown.changed() => break Ending::Cancelled(CancelReason::Shutdown),
                 _ = events.closed() => break Ending::ClientGone,
                 _ = &mut deadline => break Ending::Failed(AppError::UpstreamTimeout(format!(
                     "model {} did not finish within {} s", model.name, model.timeout.as_secs()
@@ -196,6 +264,7 @@ impl ChatPipeline {
                                 Ok(reason) => Ending::Cancelled(reason),
                                 Err(_) => Ending::ClientGone,
                             },
+                            _ = shutdown.changed() => break 'stream Ending::Cancelled(CancelReason::Shutdown),
                             _ = &mut deadline => {
                                 log::warn!("event=client_stalled model={} deltas={}", model.name, run.deltas);
                                 break 'stream Ending::ClientGone;

@@ -102,7 +102,7 @@ pub struct WsConnection {
 impl WsConnection {
     fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: &ServerFrame<'_>) {
         let text = frame.to_json();
-        self.produced += text.len() as u64 + 10;
+        self.produced += wire_len(text.len());
         ctx.text(text);
         let backlog = self
             .produced
@@ -574,6 +574,18 @@ where
     Ok(response.streaming(body))
 }
 
+/// Bytes a server text frame of `payload` bytes takes on the wire (servers do not mask). Must
+/// be exact: `produced - consumed` is compared against a limit, and any per-frame error
+/// accumulates over a long-lived connection.
+fn wire_len(payload: usize) -> u64 {
+    let header = match payload {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    };
+    (payload + header) as u64
+}
+
 /// Counts what the HTTP layer takes from a WebSocket's outgoing stream. It only takes more
 /// while the socket drains, so `produced - consumed` is what waits in memory because the
 /// client is not reading.
@@ -726,8 +738,7 @@ impl Handler<FeedFrame> for AdminFeedConnection {
             return;
         }
         self.consecutive_drops = 0;
-        // WebSocket framing adds at most 10 bytes; counting the payload is close enough.
-        self.produced += frame.0.len() as u64 + 10;
+        self.produced += wire_len(frame.0.len());
         ctx.text(&*frame.0);
         self.hub.do_send(FeedDelivery {
             written: true,
@@ -810,4 +821,24 @@ pub async fn admin_feed_handshake(
         settings.server.max_frame_bytes,
         consumed,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_codec::Encoder;
+    use actix_http::ws::{Codec, Message};
+
+    /// The accounting must match what the codec really writes, or a busy reader would slowly
+    /// look like a stalled one.
+    #[test]
+    fn wire_len_matches_the_encoded_frame() {
+        for size in [0, 1, 125, 126, 1000, 65_535, 65_536, 200_000] {
+            let mut buf = BytesMut::new();
+            Codec::new()
+                .encode(Message::Text("x".repeat(size).into()), &mut buf)
+                .expect("encode");
+            assert_eq!(wire_len(size), buf.len() as u64, "payload {size}");
+        }
+    }
 }

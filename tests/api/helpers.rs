@@ -110,6 +110,8 @@ pub fn test_settings(db_url: &str) -> Settings {
     settings.database.url = db_url.to_string();
     settings.auth.jwt_secret = Some(Secret::new(TEST_SECRET.to_string()));
     settings.timers.flush_interval_ms = 100;
+    // Tests poll admin endpoints while waiting on conditions; the admin limit has its own test.
+    settings.limits.admin_rate_limit = 100_000;
     settings.server.shutdown_timeout_secs = 5;
     settings
 }

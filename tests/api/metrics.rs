@@ -245,7 +245,7 @@ async fn slow_subscriber_is_dropped_and_never_delays_the_others() {
     run_chats(&app, 10, 40).await;
     let admin = app.admin_token("ops");
     // A raw socket with a tiny receive buffer that completes the handshake, then never reads.
-    let stalled = stalled_feed_client(&app, &admin);
+    let stalled = stalled_feed_client(&app, &admin).await;
     let mut reader = feed_client(&app).await;
     let rss_before = rss_kib();
     let start = Instant::now();
@@ -277,22 +277,26 @@ async fn slow_subscriber_is_dropped_and_never_delays_the_others() {
 }
 
 /// Opens `/admin/ws` over a raw TCP socket with a 4 KiB receive buffer and never reads after
-/// the handshake.
-fn stalled_feed_client(app: &TestApp, token: &str) -> std::net::TcpStream {
-    use std::io::{Read, Write};
+/// the handshake. Async: the server's actors share this test's thread.
+async fn stalled_feed_client(app: &TestApp, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
     socket.connect(&app.addr.into()).expect("connect");
-    let mut stream: std::net::TcpStream = socket.into();
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut stream = tokio::net::TcpStream::from_std(socket.into()).expect("tokio stream");
     let request = format!(
         "GET /admin/ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         app.addr
     );
-    stream.write_all(request.as_bytes()).expect("handshake");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("handshake");
     let mut head = [0u8; 12];
-    stream.read_exact(&mut head).expect("response");
+    stream.read_exact(&mut head).await.expect("response");
     assert_eq!(&head[9..12], b"101", "upgrade accepted");
     stream
 }

@@ -72,7 +72,7 @@ fn two_hundred_concurrent_takes_with_limit_fifty_take_exactly_fifty() {
         let mut used: Vec<i64> = outcomes
             .iter()
             .filter_map(|o| match o {
-                QuotaTake::Taken { used, .. } => Some(*used),
+                QuotaTake::Taken { used } => Some(*used),
                 _ => None,
             })
             .collect();
@@ -101,7 +101,7 @@ fn give_back_returns_a_unit_and_never_goes_negative() {
         set_limit(&mut conn, "bob", 1);
         assert!(matches!(
             quota::take_unit(&mut conn, "bob", "d", 1000, 0),
-            Ok(QuotaTake::Taken { used: 1, limit: 1 })
+            Ok(QuotaTake::Taken { used: 1 })
         ));
         assert!(matches!(
             quota::take_unit(&mut conn, "bob", "d", 1000, 0),
@@ -112,7 +112,7 @@ fn give_back_returns_a_unit_and_never_goes_negative() {
         assert_eq!(quota::used_on(&mut conn, "bob", "d").expect("read"), 0);
         assert!(matches!(
             quota::take_unit(&mut conn, "bob", "d", 1000, 0),
-            Ok(QuotaTake::Taken { used: 1, .. })
+            Ok(QuotaTake::Taken { used: 1 })
         ));
     }
 }
@@ -142,7 +142,7 @@ fn disabled_user_and_zero_limit_take_nothing() {
         // The default applies to users without their own limit, created on first take.
         assert!(matches!(
             quota::take_unit(&mut conn, "erin", "d", 2, 0),
-            Ok(QuotaTake::Taken { used: 1, limit: 2 })
+            Ok(QuotaTake::Taken { used: 1 })
         ));
         assert_eq!(quota::used_on(&mut conn, "carol", "d").expect("read"), 0);
     }

@@ -14,7 +14,6 @@ pub enum QuotaTake {
     /// A unit was taken; `used` counts it.
     Taken {
         used: i64,
-        limit: i64,
     },
     Exceeded {
         limit: i64,
@@ -47,15 +46,12 @@ ON CONFLICT (user_id, day) DO UPDATE SET used = quota_usage.used + 1 \
 WHERE quota_usage.used < (SELECT COALESCE(daily_limit, $3) FROM users WHERE id = $1 AND NOT disabled) \
 RETURNING used";
 
-/// Takes one unit of `user`'s quota for `day`, creating the user row on first use.
-pub fn take_unit(
+fn try_take(
     conn: &mut DbConnection,
     user: &str,
     day: &str,
     default_limit: i64,
-    now_ms: i64,
-) -> QueryResult<QuotaTake> {
-    users::insert_user_if_missing(conn, user, now_ms)?;
+) -> QueryResult<Option<i64>> {
     let taken: Option<Used> = match conn {
         DbConnection::Postgres(c) => diesel::sql_query(TAKE_POSTGRES)
             .bind::<Text, _>(user)
@@ -70,12 +66,38 @@ pub fn take_unit(
             .get_result(c)
             .optional()?,
     };
-    let row = users::find_user(conn, user)?.ok_or(diesel::result::Error::NotFound)?;
-    let limit = row.daily_limit.unwrap_or(default_limit);
-    Ok(match taken {
-        Some(Used { used }) => QuotaTake::Taken { used, limit },
-        None if row.disabled => QuotaTake::Disabled,
-        None => QuotaTake::Exceeded { limit },
+    Ok(taken.map(|t| t.used))
+}
+
+/// Takes one unit of `user`'s quota for `day`, creating the user row on first use. One
+/// statement when a unit is available (the hot path); the user row is only read to explain
+/// a refusal.
+pub fn take_unit(
+    conn: &mut DbConnection,
+    user: &str,
+    day: &str,
+    default_limit: i64,
+    now_ms: i64,
+) -> QueryResult<QuotaTake> {
+    if let Some(used) = try_take(conn, user, day, default_limit)? {
+        return Ok(QuotaTake::Taken { used });
+    }
+    let row = match users::find_user(conn, user)? {
+        Some(row) => row,
+        None => {
+            users::insert_user_if_missing(conn, user, now_ms)?;
+            if let Some(used) = try_take(conn, user, day, default_limit)? {
+                return Ok(QuotaTake::Taken { used });
+            }
+            users::find_user(conn, user)?.ok_or(diesel::result::Error::NotFound)?
+        }
+    };
+    Ok(if row.disabled {
+        QuotaTake::Disabled
+    } else {
+        QuotaTake::Exceeded {
+            limit: row.daily_limit.unwrap_or(default_limit),
+        }
     })
 }
 
