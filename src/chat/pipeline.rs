@@ -199,12 +199,13 @@ impl ChatPipeline {
         };
         // Dropping the stream here closes any upstream request before the record is written.
         drop(stream);
-        if let (Ending::Failed(AppError::UpstreamTimeout(_)), Some(session)) =
-            (&ending, &run.session)
-        {
+        if let Ending::Failed(AppError::UpstreamTimeout(_)) = &ending {
+            // OpenAI-API chats have no session: "-" keeps the line's shape.
             log::warn!(
-                "event=upstream_timeout session={session} model={} elapsed_ms={}",
+                "event=upstream_timeout session={} model={} user={} elapsed_ms={}",
+                run.session.as_ref().map(SessionId::as_str).unwrap_or("-"),
                 model.name,
+                request.user,
                 request.received.elapsed().as_millis()
             );
         }

@@ -11,6 +11,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(openai::list_models)
+        .service(openai::chat_completions)
         .service(admin_users::get_user)
         .service(admin_sessions::session_stats)
         .route("/ws", web::get().to(crate::ws::connection::handshake));
