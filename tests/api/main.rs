@@ -3,5 +3,8 @@ mod chat_ws;
 mod cli;
 mod health;
 mod helpers;
+mod mock_upstream;
+mod openai_api;
+mod openai_upstream;
 mod quota_primitive;
 mod ws_client;
