@@ -58,12 +58,16 @@ impl OpenAiProvider {
     pub fn new(model: &ModelSettings, reply_timeout: Duration) -> Result<OpenAiProvider, AppError> {
         let base = model.base_url.as_deref().unwrap_or_default();
         let url = format!("{}/chat/completions", base.trim_end_matches('/'));
-        let url: Uri = url.parse().map_err(|err| {
-            AppError::internal(format!(
-                "model {}: base_url {base:?} is not a valid URL: {err}",
-                model.name
-            ))
-        })?;
+        let url = url
+            .parse::<Uri>()
+            .ok()
+            .filter(|url| url.scheme().is_some() && url.host().is_some())
+            .ok_or_else(|| {
+                AppError::internal(format!(
+                    "model {}: base_url {base:?} is not an absolute http(s) URL",
+                    model.name
+                ))
+            })?;
         client::install_crypto_provider();
         Ok(OpenAiProvider {
             upstream: Arc::new(Upstream {
@@ -387,6 +391,44 @@ impl Reader {
                 Some(Some(Ok(_))) => continue,
                 _ => break,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProviderKind;
+
+    fn settings(base_url: Option<&str>) -> ModelSettings {
+        ModelSettings {
+            name: "small".into(),
+            provider: ProviderKind::OpenAi,
+            base_url: base_url.map(str::to_string),
+            ..ModelSettings::echo()
+        }
+    }
+
+    #[test]
+    fn completions_url_is_built_from_the_base_url() {
+        for base in ["http://127.0.0.1:9000/v1", "http://127.0.0.1:9000/v1/"] {
+            let provider =
+                OpenAiProvider::new(&settings(Some(base)), Duration::from_secs(5)).expect("valid");
+            assert_eq!(
+                provider.upstream.url.to_string(),
+                "http://127.0.0.1:9000/v1/chat/completions"
+            );
+            assert_eq!(provider.upstream.upstream_model, "small");
+        }
+    }
+
+    #[test]
+    fn base_url_must_be_absolute() {
+        for base in [None, Some(""), Some("/v1"), Some("not a url")] {
+            assert!(
+                OpenAiProvider::new(&settings(base), Duration::from_secs(5)).is_err(),
+                "{base:?}"
+            );
         }
     }
 }

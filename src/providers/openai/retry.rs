@@ -9,6 +9,9 @@ use crate::error::AppError;
 
 /// Exponential backoff stops growing here; a longer pause would rarely fit a reply deadline.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// What a client is told to wait after an upstream 429 that gave no hint: every HTTP 429
+/// carries a `Retry-After`.
+const RATE_LIMITED_HINT: Duration = Duration::from_secs(1);
 
 /// Whether a failed attempt may be tried again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +99,7 @@ pub fn classify_status(
         429 => (
             AppError::UpstreamRateLimited {
                 message: "the model's upstream is rate limiting chatgate; try again later".into(),
-                retry_after,
+                retry_after: Some(retry_after.unwrap_or(RATE_LIMITED_HINT)),
             },
             retry_after.map_or(Retry::Backoff, Retry::After),
         ),
@@ -280,6 +283,9 @@ mod tests {
         ];
         for (status, body, code, retry) in cases {
             let failure = classify_status(status, body, None, "x");
+            if code == ErrorCode::UpstreamRateLimited {
+                assert_eq!(failure.error.retry_after(), Some(RATE_LIMITED_HINT));
+            }
             assert_eq!(failure.error.code(), code, "{status} {body}");
             assert_eq!(failure.retry, retry, "{status} {body}");
             assert!(!failure.error.client_message().contains("sk-123"));
