@@ -76,6 +76,18 @@ async fn silent_upstream_times_out_at_the_deadline_and_its_connection_is_closed(
 }
 
 #[actix_web::test]
+async fn upstream_stalling_mid_reply_times_out_after_its_deltas() {
+    let mock = MockUpstream::start(Step::HangAfter(strings(&["half", " a"])));
+    let app = app_with(&mock, |m| m.timeout_secs = Some(1)).await;
+    let (mut ws, _) = WsClient::open(&app, "alice").await;
+    ws.chat("c1", "mock", "hi").await;
+    let reply = ws.reply("c1").await;
+    assert_eq!(reply.deltas, ["half", " a"], "{reply:?}");
+    assert_eq!(reply.error_code(), Some("upstream_timeout"));
+    mock.wait_until_closed(Duration::from_secs(1)).await;
+}
+
+#[actix_web::test]
 async fn first_byte_timeout_ends_the_attempt_early() {
     let mock = MockUpstream::start(Step::HangBeforeFirstByte);
     let app = app_with(&mock, |m| m.first_byte_timeout_ms = 300).await;
