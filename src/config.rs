@@ -14,6 +14,13 @@ use serde::Deserialize;
 const MAX_DURATION_SECS: u64 = 365 * 24 * 60 * 60;
 const MIN_SECRET_CHARS: usize = 32;
 const MAX_MODEL_DELAY_MS: u64 = 60_000;
+/// Upstream call defaults for `provider = "openai"` models (per model in the TOML file).
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 250;
+pub const DEFAULT_MAX_RETRY_AFTER_SECS: u64 = 10;
+const MAX_ATTEMPTS_LIMIT: u32 = 10;
 const GENERATE_SECRET: &str = "generate one with `openssl rand -hex 32`";
 
 /// Compared case-insensitively; see `is_weak_secret` for how a secret matches.
@@ -234,8 +241,21 @@ pub struct ModelSettings {
     pub delay_ms: u64,
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
+    /// The value of `api_key_env`, read once while loading; never in the TOML file.
+    pub api_key: Option<Secret>,
     pub upstream_model: Option<String>,
     pub timeout_secs: Option<u64>,
+    /// TCP connect plus TLS handshake, per attempt.
+    pub connect_timeout_ms: u64,
+    /// From sending a request upstream to the first byte of its reply body, per attempt.
+    pub first_byte_timeout_ms: u64,
+    /// Tries per reply, the first included; retries happen only before any delta.
+    pub max_attempts: u32,
+    /// First retry delay; it doubles per retry, with jitter.
+    pub retry_backoff_ms: u64,
+    /// The longest upstream `Retry-After` that is waited out; a longer one is passed to the
+    /// client as `upstream_rate_limited`.
+    pub max_retry_after_secs: u64,
 }
 
 impl ModelSettings {
@@ -247,8 +267,14 @@ impl ModelSettings {
             delay_ms: 0,
             base_url: None,
             api_key_env: None,
+            api_key: None,
             upstream_model: None,
             timeout_secs: None,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            first_byte_timeout_ms: DEFAULT_FIRST_BYTE_TIMEOUT_MS,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_backoff_ms: DEFAULT_RETRY_BACKOFF_MS,
+            max_retry_after_secs: DEFAULT_MAX_RETRY_AFTER_SECS,
         }
     }
 }
@@ -379,6 +405,16 @@ impl Settings {
         env_layer.apply(&mut settings, &mut problems);
         if settings.models.is_empty() {
             settings.models.push(ModelSettings::echo());
+        }
+        for model in &mut settings.models {
+            // Read once here: a key rotated later needs a restart, and no request path ever
+            // touches the process environment.
+            model.api_key = model
+                .api_key_env
+                .as_deref()
+                .filter(|var| is_env_var_name(var))
+                .and_then(|var| env_value(env, var))
+                .map(Secret::new);
         }
         (settings, problems)
     }
@@ -543,8 +579,18 @@ impl Settings {
                          holding the key (letters, digits, underscores, e.g. UPSTREAM_KEY), or \
                          remove it",
                     ));
+                } else if model.provider == ProviderKind::OpenAi && model.api_key.is_none() {
+                    problems.push(ConfigProblem::new(
+                        key("api_key_env"),
+                        format!(
+                            "names `{var}`, which is not set or empty; export {var}=<key> \
+                             before starting chatgate, or remove api_key_env for an upstream \
+                             that needs no key"
+                        ),
+                    ));
                 }
             }
+            check_upstream_numbers(model, &key, problems);
             if model
                 .upstream_model
                 .as_deref()
@@ -626,6 +672,11 @@ struct FileModel {
     api_key_env: Option<String>,
     upstream_model: Option<String>,
     timeout_secs: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    max_retry_after_secs: Option<u64>,
 }
 
 impl Layer {
@@ -773,9 +824,80 @@ impl FileModel {
             delay_ms: self.delay_ms.unwrap_or(0),
             base_url: self.base_url,
             api_key_env: self.api_key_env,
+            api_key: None,
             upstream_model: self.upstream_model,
             timeout_secs: self.timeout_secs,
+            connect_timeout_ms: self
+                .connect_timeout_ms
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
+            first_byte_timeout_ms: self
+                .first_byte_timeout_ms
+                .unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT_MS),
+            max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            retry_backoff_ms: self.retry_backoff_ms.unwrap_or(DEFAULT_RETRY_BACKOFF_MS),
+            max_retry_after_secs: self
+                .max_retry_after_secs
+                .unwrap_or(DEFAULT_MAX_RETRY_AFTER_SECS),
         })
+    }
+}
+
+/// The ranges of a model's upstream call settings; each message quotes the default so the fix
+/// is obvious.
+fn check_upstream_numbers(
+    model: &ModelSettings,
+    key: &dyn Fn(&str) -> String,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let rules: [(&str, u64, u64, u64, u64); 5] = [
+        (
+            "connect_timeout_ms",
+            model.connect_timeout_ms,
+            1,
+            600_000,
+            DEFAULT_CONNECT_TIMEOUT_MS,
+        ),
+        (
+            "first_byte_timeout_ms",
+            model.first_byte_timeout_ms,
+            1,
+            MAX_DURATION_SECS * 1000,
+            DEFAULT_FIRST_BYTE_TIMEOUT_MS,
+        ),
+        (
+            "max_attempts",
+            model.max_attempts.into(),
+            1,
+            MAX_ATTEMPTS_LIMIT.into(),
+            DEFAULT_MAX_ATTEMPTS.into(),
+        ),
+        (
+            "retry_backoff_ms",
+            model.retry_backoff_ms,
+            1,
+            60_000,
+            DEFAULT_RETRY_BACKOFF_MS,
+        ),
+        (
+            "max_retry_after_secs",
+            model.max_retry_after_secs,
+            0,
+            3_600,
+            DEFAULT_MAX_RETRY_AFTER_SECS,
+        ),
+    ];
+    for (field, value, min, max, default) in rules {
+        if value < min {
+            problems.push(ConfigProblem::new(
+                key(field),
+                format!("is {value}, must be at least {min}; raise it (default {default})"),
+            ));
+        } else if value > max {
+            problems.push(ConfigProblem::new(
+                key(field),
+                format!("is {value}, must be at most {max}; lower it (default {default})"),
+            ));
+        }
     }
 }
 
@@ -1352,8 +1474,10 @@ mod tests {
             delay_ms: 0,
             base_url: Some("https://api.example.com/v1".to_string()),
             api_key_env: Some("UPSTREAM_KEY".to_string()),
+            api_key: Some(Secret::new("sk-test".to_string())),
             upstream_model: Some("qwen2.5-0.5b".to_string()),
             timeout_secs: Some(60),
+            ..ModelSettings::echo()
         });
         s.server.allowed_origins = vec!["*".to_string(), "http://localhost:3000".to_string()];
         assert_eq!(s.validate(false), []);
@@ -1386,6 +1510,92 @@ mod tests {
         );
         assert!(problems[0].message.contains("models[0]"));
         assert!(!problems[2].message.contains("sk-123"));
+    }
+
+    #[test]
+    fn upstream_call_settings_come_from_the_file_with_defaults() {
+        let s = load_file(
+            "[[models]]\nname = \"a\"\nprovider = \"openai\"\nbase_url = \"http://u/v1\"\n\
+             connect_timeout_ms = 250\nfirst_byte_timeout_ms = 1500\nmax_attempts = 5\n\
+             retry_backoff_ms = 10\nmax_retry_after_secs = 2\n\
+             [[models]]\nname = \"b\"\nprovider = \"openai\"\nbase_url = \"http://u/v1\"",
+            &[],
+        )
+        .unwrap();
+        let (a, b) = (&s.models[0], &s.models[1]);
+        assert_eq!(
+            (
+                a.connect_timeout_ms,
+                a.first_byte_timeout_ms,
+                a.max_attempts,
+                a.retry_backoff_ms,
+                a.max_retry_after_secs
+            ),
+            (250, 1500, 5, 10, 2)
+        );
+        assert_eq!(
+            (
+                b.connect_timeout_ms,
+                b.first_byte_timeout_ms,
+                b.max_attempts,
+                b.retry_backoff_ms,
+                b.max_retry_after_secs
+            ),
+            (
+                DEFAULT_CONNECT_TIMEOUT_MS,
+                DEFAULT_FIRST_BYTE_TIMEOUT_MS,
+                DEFAULT_MAX_ATTEMPTS,
+                DEFAULT_RETRY_BACKOFF_MS,
+                DEFAULT_MAX_RETRY_AFTER_SECS
+            )
+        );
+    }
+
+    #[test]
+    fn upstream_call_settings_out_of_range_are_reported() {
+        let mut s = valid();
+        s.models[0].connect_timeout_ms = 0;
+        s.models[0].max_attempts = 11;
+        s.models[0].retry_backoff_ms = 0;
+        s.models[0].max_retry_after_secs = 3601;
+        let problems = s.validate(false);
+        assert_eq!(
+            keys(&problems),
+            [
+                "models[0].connect_timeout_ms",
+                "models[0].max_attempts",
+                "models[0].retry_backoff_ms",
+                "models[0].max_retry_after_secs"
+            ]
+        );
+        assert!(problems[1].message.contains("at most 10"), "{problems:?}");
+    }
+
+    #[test]
+    fn api_key_is_read_once_from_the_named_variable() {
+        let file = "[[models]]\nname = \"a\"\nprovider = \"openai\"\n\
+                    base_url = \"http://u/v1\"\napi_key_env = \"UPSTREAM_KEY\"";
+        let config = TempConfig::new(file);
+        let path = config.path();
+        let with_key = |key: Option<&'static str>| {
+            let path = path.clone();
+            move |name: &str| match name {
+                "CHATGATE_CONFIG" => Some(path.clone()),
+                "CHATGATE_JWT_SECRET" => Some(GOOD_SECRET.to_string()),
+                "UPSTREAM_KEY" => key.map(str::to_string),
+                _ => None,
+            }
+        };
+        let s = Settings::load_validated(&with_key(Some("sk-live-123")), false).unwrap();
+        let key = s.models[0].api_key.as_ref().expect("key");
+        assert_eq!(key.expose(), "sk-live-123");
+        assert!(!format!("{s:?}").contains("sk-live-123"));
+
+        for missing in [None, Some("")] {
+            let problems = Settings::load_validated(&with_key(missing), false).unwrap_err();
+            assert_eq!(keys(&problems), ["models[0].api_key_env"]);
+            assert!(problems[0].message.contains("export UPSTREAM_KEY"));
+        }
     }
 
     #[test]

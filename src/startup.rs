@@ -44,6 +44,8 @@ pub struct AppState {
     pub guard: GuardLimiters,
     pub history_cache: Addr<HistoryCache>,
     pub feed: FeedLimits,
+    /// Turns true when shutdown starts; streamed HTTP replies end with `unavailable` then.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Failed token verifications allowed per client address per window: plenty for a client
@@ -60,7 +62,12 @@ const HISTORY_CACHE_ENTRIES: std::num::NonZeroUsize = match std::num::NonZeroUsi
 const HISTORY_CACHE_TTL: Duration = Duration::from_secs(3);
 
 /// Starts every actor on the current arbiter and returns the shared state.
-fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::Result<AppState> {
+fn start_actors(
+    settings: Arc<Settings>,
+    pool: DbPool,
+    jwt: JwtKeys,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<AppState> {
     let timers = &settings.timers;
     let limits = &settings.limits;
     let flusher = DbFlusher::new(
@@ -148,6 +155,7 @@ fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::
         guard,
         history_cache: HistoryCache::new(HISTORY_CACHE_ENTRIES, HISTORY_CACHE_TTL).start(),
         feed,
+        shutdown,
     })
 }
 
@@ -225,13 +233,18 @@ impl Application {
             .context("no JWT secret configured")?;
         let jwt = JwtKeys::new(secret.expose().as_bytes());
 
-        let state = web::Data::new(start_actors(settings.clone(), pool, jwt.clone())?);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = web::Data::new(start_actors(
+            settings.clone(),
+            pool,
+            jwt.clone(),
+            shutdown_rx.clone(),
+        )?);
 
         let listener = TcpListener::bind(settings.bind_addr())
             .with_context(|| format!("cannot listen on {}", settings.server.bind))?;
         let local_addr = listener.local_addr()?;
         let server = build_server(listener, state.clone(), jwt, &settings)?;
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         Ok(Application {
             local_addr,
             server,
@@ -406,6 +419,10 @@ fn build_server(
     })
     .on_connect(on_connect)
     .disable_signals()
+    // A client that closes its connection mid-request is gone: its handler and response
+    // stream are dropped at once, which stops the chat and its upstream call, instead of
+    // streaming on until a write fails.
+    .h1_allow_half_closed(false)
     .shutdown_timeout(shutdown_secs)
     .listen(listener)?
     .run();

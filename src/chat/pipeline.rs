@@ -33,6 +33,9 @@ pub struct ChatRequest {
     pub history: HistorySource,
     /// When the request arrived; latency is measured from here.
     pub received: Instant,
+    /// Streamed replies (WebSocket, SSE) end with `unavailable` when shutdown begins; a whole
+    /// HTTP reply is an ordinary in-flight request and may finish.
+    pub ends_at_shutdown: bool,
 }
 
 /// What the transport relays to its client, in order. After `Done` or `Error` nothing follows.
@@ -220,7 +223,7 @@ impl ChatPipeline {
         run.estimated_usage.prompt_tokens = count_words(&messages);
 
         // The client may have cancelled or left, or shutdown begun, while we were admitting.
-        if *shutdown.borrow_and_update() {
+        if request.ends_at_shutdown && *shutdown.borrow_and_update() {
             return self.finish(
                 run,
                 &events,
@@ -247,7 +250,7 @@ impl ChatPipeline {
                     // The transport dropped its handle without a word: it is gone.
                     Err(_) => break Ending::ClientGone,
                 },
-                _ = shutdown.changed() => break Ending::Cancelled(CancelReason::Shutdown),
+                _ = shutdown.changed(), if request.ends_at_shutdown => break Ending::Cancelled(CancelReason::Shutdown),
                 _ = events.closed() => break Ending::ClientGone,
                 _ = &mut deadline => break Ending::Failed(AppError::UpstreamTimeout(format!(
                     "model {} did not finish within {} s", model.name, model.timeout.as_secs()
@@ -264,7 +267,9 @@ impl ChatPipeline {
                                 Ok(reason) => Ending::Cancelled(reason),
                                 Err(_) => Ending::ClientGone,
                             },
-                            _ = shutdown.changed() => break 'stream Ending::Cancelled(CancelReason::Shutdown),
+                            _ = shutdown.changed(), if request.ends_at_shutdown => {
+                                break 'stream Ending::Cancelled(CancelReason::Shutdown)
+                            }
                             _ = &mut deadline => {
                                 log::warn!("event=client_stalled model={} deltas={}", model.name, run.deltas);
                                 break 'stream Ending::ClientGone;
@@ -282,12 +287,13 @@ impl ChatPipeline {
         };
         // Dropping the stream here closes any upstream request before the record is written.
         drop(stream);
-        if let (Ending::Failed(AppError::UpstreamTimeout(_)), Some(session)) =
-            (&ending, &run.session)
-        {
+        if let Ending::Failed(AppError::UpstreamTimeout(_)) = &ending {
+            // OpenAI-API chats have no session: "-" keeps the line's shape.
             log::warn!(
-                "event=upstream_timeout session={session} model={} elapsed_ms={}",
+                "event=upstream_timeout session={} model={} user={} elapsed_ms={}",
+                run.session.as_ref().map(SessionId::as_str).unwrap_or("-"),
                 model.name,
+                request.user,
                 request.received.elapsed().as_millis()
             );
         }

@@ -18,6 +18,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(health::readyz)
         .service(openai::list_models)
         .service(admin_users::list_users)
+        .service(openai::chat_completions)
         .service(admin_users::get_user)
         .service(admin_users::put_user)
         .service(admin_sessions::session_stats)

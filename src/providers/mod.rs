@@ -2,6 +2,8 @@
 //! events; dropping the stream cancels the work (and closes any upstream connection).
 
 pub mod echo;
+pub mod openai;
+pub mod sse;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -54,16 +56,12 @@ impl ModelCatalog {
     pub fn from_settings(settings: &Settings) -> Result<ModelCatalog, AppError> {
         let mut catalog = ModelCatalog::default();
         for model in &settings.models {
+            let timeout = Duration::from_secs(settings.model_timeout_secs(model));
             let provider: Arc<dyn Provider> = match model.provider {
                 ProviderKind::Echo => Arc::new(echo::EchoProvider::new(Duration::from_millis(
                     model.delay_ms,
                 ))),
-                ProviderKind::OpenAi => {
-                    return Err(AppError::internal(format!(
-                        "model {}: the openai provider is not available in this build",
-                        model.name
-                    )))
-                }
+                ProviderKind::OpenAi => Arc::new(openai::OpenAiProvider::new(model, timeout)?),
             };
             catalog.names.push(model.name.clone());
             catalog.models.insert(
@@ -71,7 +69,7 @@ impl ModelCatalog {
                 Model {
                     name: Arc::from(model.name.as_str()),
                     settings: model.clone(),
-                    timeout: Duration::from_secs(settings.model_timeout_secs(model)),
+                    timeout,
                     provider,
                 },
             );

@@ -192,6 +192,7 @@ impl WsConnection {
                 content: Arc::from(content),
             },
             received: Instant::now(),
+            ends_at_shutdown: true,
         });
         let mut events = handle.events;
         let stream_id = id.clone();

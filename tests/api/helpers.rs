@@ -231,3 +231,35 @@ where
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+impl TestApp {
+    /// Quota units `user` has used today, as stored.
+    pub async fn used_today(&self, user: &'static str) -> i64 {
+        let day = chatgate::domain::QuotaDay::today().as_key();
+        self.query(move |conn| chatgate::db::queries::quota::used_on(conn, user, &day))
+            .await
+    }
+
+    /// Waits until `count` chats have been recorded, then until the quota keeper has handled
+    /// everything sent to it before (a chat gives its unit back before it is recorded).
+    pub async fn wait_for_records(&self, count: u64) {
+        use chatgate::actors::metrics::GetMetricsSnapshot;
+        use chatgate::actors::quota_keeper::EnsureUser;
+        eventually(
+            &format!("{count} recorded chats"),
+            Duration::from_secs(10),
+            || async {
+                let snapshot = self
+                    .state
+                    .metrics
+                    .send(GetMetricsSnapshot { recent_limit: 0 })
+                    .await
+                    .ok()?;
+                (snapshot.totals.day.requests >= count).then_some(())
+            },
+        )
+        .await;
+        let user = chatgate::domain::UserId::parse("quota-sync").expect("user id");
+        let _ = self.state.quota.send(EnsureUser { user }).await;
+    }
+}

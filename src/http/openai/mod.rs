@@ -1,0 +1,76 @@
+//! The OpenAI-compatible API: `GET /v1/models` and `POST /v1/chat/completions`. Chats run
+//! through the same pipeline as WebSocket chats: same admission, deadlines and records.
+
+mod reply;
+mod request;
+mod shapes;
+
+use actix_web::{get, post, web, HttpResponse};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use self::reply::ChatEvents;
+use self::request::CompletionRequest;
+use self::shapes::ReplyMeta;
+use crate::auth::UserIdentity;
+use crate::chat::{ChatRequest, HistorySource};
+use crate::error::AppError;
+use crate::startup::AppState;
+
+#[derive(Serialize)]
+struct ModelObject<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    owned_by: &'static str,
+}
+
+#[derive(Serialize)]
+struct ModelList<'a> {
+    object: &'static str,
+    data: Vec<ModelObject<'a>>,
+}
+
+#[get("/v1/models")]
+pub async fn list_models(_caller: UserIdentity, state: web::Data<AppState>) -> HttpResponse {
+    let data = state
+        .settings
+        .models
+        .iter()
+        .map(|model| ModelObject {
+            id: &model.name,
+            object: "model",
+            created: 0,
+            owned_by: "chatgate",
+        })
+        .collect();
+    HttpResponse::Ok().json(ModelList {
+        object: "list",
+        data,
+    })
+}
+
+#[post("/v1/chat/completions")]
+pub async fn chat_completions(
+    caller: UserIdentity,
+    state: web::Data<AppState>,
+    body: web::Json<CompletionRequest>,
+) -> Result<HttpResponse, AppError> {
+    let received = Instant::now();
+    let request = body.into_inner().parse()?;
+    let meta = ReplyMeta::new(&request.model, request.include_usage);
+    let handle = state.pipeline.start(ChatRequest {
+        user: caller.0.user,
+        model: request.model,
+        history: HistorySource::Given(request.messages),
+        received,
+        ends_at_shutdown: request.stream,
+    });
+    if request.stream {
+        let events = ChatEvents::new(handle, Some(state.shutdown.clone()));
+        reply::stream(events, meta).await
+    } else {
+        // A whole reply is an ordinary in-flight request: shutdown lets it finish.
+        reply::complete(ChatEvents::new(handle, None), meta).await
+    }
+}

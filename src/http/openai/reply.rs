@@ -1,0 +1,131 @@
+//! Relays a running chat to an HTTP client: whole (`chat.completion`) or streamed (SSE).
+//! Dropping either (client gone) drops the chat's events receiver, which stops the chat and
+//! its upstream request.
+
+use std::convert::Infallible;
+
+use actix_web::http::header;
+use actix_web::web::Bytes;
+use actix_web::HttpResponse;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::shapes::{error_event, ReplyMeta};
+use crate::chat::{CancelReason, ChatEvent, ChatHandle};
+use crate::error::AppError;
+
+/// A chat's events, and the shutdown signal that ends streamed replies.
+pub struct ChatEvents {
+    events: mpsc::Receiver<ChatEvent>,
+    /// Held for the chat's whole life: the pipeline reads a dropped sender as "client gone".
+    cancel: Option<oneshot::Sender<CancelReason>>,
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl ChatEvents {
+    /// `shutdown` is `None` for replies that may run to their end during a shutdown.
+    pub fn new(handle: ChatHandle, shutdown: Option<watch::Receiver<bool>>) -> ChatEvents {
+        ChatEvents {
+            events: handle.events,
+            cancel: Some(handle.cancel),
+            shutdown,
+        }
+    }
+
+    /// The next event; `None` only if the pipeline vanished without a last event.
+    async fn next(&mut self) -> Option<ChatEvent> {
+        loop {
+            let Some(shutdown) = self.shutdown.as_mut() else {
+                return self.events.recv().await;
+            };
+            let stopping = tokio::select! {
+                event = self.events.recv() => return event,
+                stopping = async { shutdown.wait_for(|stop| *stop).await.is_ok() } => stopping,
+            };
+            // Shutdown: the pipeline ends the reply with `unavailable`, relayed like any other
+            // last event. (Not `stopping`: the signal's sender is gone, nothing to watch.)
+            if stopping {
+                if let Some(cancel) = self.cancel.take() {
+                    let _ = cancel.send(CancelReason::Shutdown);
+                }
+            }
+            self.shutdown = None;
+        }
+    }
+}
+
+fn vanished() -> AppError {
+    AppError::internal("the chat pipeline ended without a last event")
+}
+
+/// Waits for the whole reply; any failure becomes the HTTP error response.
+pub async fn complete(mut events: ChatEvents, meta: ReplyMeta) -> Result<HttpResponse, AppError> {
+    let mut content = String::new();
+    loop {
+        match events.next().await.ok_or_else(vanished)? {
+            ChatEvent::Delta(text) => content.push_str(&text),
+            ChatEvent::Done { usage, .. } => {
+                return Ok(HttpResponse::Ok().json(meta.completion(content, usage)))
+            }
+            ChatEvent::Error(err) => return Err(err),
+        }
+    }
+}
+
+/// Streams the reply as SSE. The status line waits for the first event, so a chat refused or
+/// failed before its first delta is a plain HTTP error with the right status.
+pub async fn stream(mut events: ChatEvents, meta: ReplyMeta) -> Result<HttpResponse, AppError> {
+    let first = match events.next().await.ok_or_else(vanished)? {
+        ChatEvent::Error(err) => return Err(err),
+        event => event,
+    };
+    let mut opening = meta.opening();
+    let (frame, ended) = frame(&meta, first);
+    opening.extend_from_slice(&frame);
+    let body = SseBody {
+        events,
+        meta,
+        opening: Some(Bytes::from(opening)),
+        ended,
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        // Reverse proxies (nginx) would otherwise hold deltas back in their buffers.
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(futures_util::stream::unfold(body, SseBody::next_frame)))
+}
+
+struct SseBody {
+    events: ChatEvents,
+    meta: ReplyMeta,
+    opening: Option<Bytes>,
+    ended: bool,
+}
+
+impl SseBody {
+    async fn next_frame(mut self) -> Option<(Result<Bytes, Infallible>, SseBody)> {
+        if let Some(opening) = self.opening.take() {
+            return Some((Ok(opening), self));
+        }
+        if self.ended {
+            return None;
+        }
+        let event = event_or(self.events.next().await);
+        let (frame, ended) = frame(&self.meta, event);
+        self.ended = ended;
+        Some((Ok(frame), self))
+    }
+}
+
+fn event_or(event: Option<ChatEvent>) -> ChatEvent {
+    event.unwrap_or_else(|| ChatEvent::Error(vanished()))
+}
+
+/// The SSE bytes for one event, and whether it was the last.
+fn frame(meta: &ReplyMeta, event: ChatEvent) -> (Bytes, bool) {
+    match event {
+        ChatEvent::Delta(text) => (Bytes::from(meta.delta(&text)), false),
+        ChatEvent::Done { usage, .. } => (Bytes::from(meta.finish(usage)), true),
+        ChatEvent::Error(err) => (error_event(&err), true),
+    }
+}
