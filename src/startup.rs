@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use actix::{Actor, Addr};
 
+use crate::actors::collector::{Collector, DbCollectorStore};
 use crate::actors::db_flusher::{DbBatchWriter, DbFlusher, FlusherSettings, Shutdown};
 use crate::actors::metrics::{GetMetricsSnapshot, MetricsAggregator};
 use crate::actors::quota_keeper::QuotaKeeper;
@@ -41,6 +42,7 @@ pub struct AppState {
     pub metrics: Addr<MetricsAggregator>,
     pub user_limiter: Addr<RateLimiter>,
     pub feed: FeedLimits,
+    pub collector: Addr<Collector>,
 }
 
 /// Starts every actor on the current arbiter and returns the shared state.
@@ -101,6 +103,18 @@ fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::
         max_backlog_bytes: settings.telemetry.feed_max_backlog_bytes,
         max_consecutive_drops: settings.telemetry.feed_max_drops,
     };
+    // Names this instance in the collector's lease, so an operator can tell instances apart.
+    let holder = format!(
+        "pid{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let collector = Collector::new(
+        holder,
+        settings.collector.clone(),
+        std::rc::Rc::new(DbCollectorStore { db: pool.clone() }),
+    )
+    .start();
     Ok(AppState {
         settings,
         db: pool,
@@ -113,6 +127,7 @@ fn start_actors(settings: Arc<Settings>, pool: DbPool, jwt: JwtKeys) -> anyhow::
         metrics,
         user_limiter,
         feed,
+        collector,
     })
 }
 
