@@ -1,6 +1,7 @@
 //! The single route table, used by `startup` and by the tests.
 
 pub mod admin_sessions;
+pub mod admin_usage;
 pub mod admin_users;
 pub mod health;
 pub mod metrics;
@@ -15,6 +16,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(openai::list_models)
         .service(admin_users::get_user)
         .service(admin_sessions::session_stats)
+        .service(admin_usage::start_collection)
+        .service(admin_usage::list_runs)
         .service(metrics::admin_metrics)
         .service(metrics::prometheus)
         .route(
