@@ -84,7 +84,8 @@ impl Collector {
 
     fn launch(&mut self, run: ActiveRun, ctx: &mut Context<Self>) {
         let plan = self.state.started(&run);
-        log::info!(
+        // Debug: the run's one info line is its `event=collector_run` summary at the end.
+        log::debug!(
             "event=collector_run_started run_id={} trigger={} holder={} fold_before_ms={} \
              delete_raw_before_ms={} keep_quota_from_day={}",
             run.run_id,
