@@ -59,6 +59,11 @@ const NUMBER_RULES: &[(&str, Getter, i128, i128)] = &[
     ("CHATGATE_FEED_MAX_BACKLOG_BYTES", |s| s.telemetry.feed_max_backlog_bytes.into(), 1024, NO_MAX),
     ("CHATGATE_FEED_MAX_DROPS",         |s| s.telemetry.feed_max_drops.into(),        1,    1_000),
     ("CHATGATE_FEED_RECENT_REQUESTS",   |s| s.telemetry.feed_recent_requests as i128, 0,    100_000),
+    ("CHATGATE_COLLECTOR_INTERVAL_SECS", |s| s.collector.interval_secs.into(),       1,    SECS),
+    ("CHATGATE_COLLECTOR_FOLD_AGE_SECS", |s| s.collector.fold_age_secs.into(),       0,    SECS),
+    ("CHATGATE_RAW_RETENTION_SECS",     |s| s.collector.raw_retention_secs.into(),    60,   10 * SECS),
+    ("CHATGATE_QUOTA_RETENTION_DAYS",   |s| s.collector.quota_retention_days.into(),  1,    3_650),
+    ("CHATGATE_COLLECTOR_LEASE_SECS",   |s| s.collector.lease_secs.into(),            3,    3_600),
 ];
 
 /// Every key of the flat TOML file with the key its problems are reported under (the env var
@@ -93,6 +98,17 @@ const FILE_KEYS: &[(&str, &str)] = &[
     ("feed_max_backlog_bytes", "CHATGATE_FEED_MAX_BACKLOG_BYTES"),
     ("feed_max_drops", "CHATGATE_FEED_MAX_DROPS"),
     ("feed_recent_requests", "CHATGATE_FEED_RECENT_REQUESTS"),
+    (
+        "collector_interval_secs",
+        "CHATGATE_COLLECTOR_INTERVAL_SECS",
+    ),
+    (
+        "collector_fold_age_secs",
+        "CHATGATE_COLLECTOR_FOLD_AGE_SECS",
+    ),
+    ("raw_retention_secs", "CHATGATE_RAW_RETENTION_SECS"),
+    ("quota_retention_days", "CHATGATE_QUOTA_RETENTION_DAYS"),
+    ("collector_lease_secs", "CHATGATE_COLLECTOR_LEASE_SECS"),
     // File-only: RUST_LOG itself is read by env_logger, and models have no env form.
     ("rust_log", "rust_log"),
     ("models", "models"),
@@ -150,6 +166,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub timers: TimerSettings,
     pub telemetry: TelemetrySettings,
+    pub collector: CollectorSettings,
     pub models: Vec<ModelSettings>,
     pub log_filter: Option<String>,
 }
@@ -168,6 +185,21 @@ pub struct TelemetrySettings {
     pub feed_max_drops: u32,
     /// Newest requests included in each live-feed frame.
     pub feed_recent_requests: usize,
+}
+
+/// The usage collector: compaction of raw request rows into rollups, and retention.
+#[derive(Clone, Debug)]
+pub struct CollectorSettings {
+    /// How often each instance tries a run (the lease makes it one run across instances).
+    pub interval_secs: u64,
+    /// Raw rows younger than this are left for the flusher's own rollups to settle.
+    pub fold_age_secs: u64,
+    /// Raw request rows older than this are deleted once the rollups count them.
+    pub raw_retention_secs: u64,
+    /// Quota rows of days further back than this are deleted.
+    pub quota_retention_days: u32,
+    /// How long a lease lasts without renewal: how long a dead instance's lease blocks runs.
+    pub lease_secs: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -350,6 +382,13 @@ impl Settings {
                 feed_max_backlog_bytes: 65_536,
                 feed_max_drops: 3,
                 feed_recent_requests: 50,
+            },
+            collector: CollectorSettings {
+                interval_secs: 3_600,
+                fold_age_secs: 300,
+                raw_retention_secs: 7 * 24 * 3_600,
+                quota_retention_days: 35,
+                lease_secs: 60,
             },
             models: vec![ModelSettings::echo()],
             log_filter: None,
@@ -657,6 +696,11 @@ struct Layer {
     feed_max_backlog_bytes: Option<u64>,
     feed_max_drops: Option<u32>,
     feed_recent_requests: Option<usize>,
+    collector_interval_secs: Option<u64>,
+    collector_fold_age_secs: Option<u64>,
+    raw_retention_secs: Option<u64>,
+    quota_retention_days: Option<u32>,
+    collector_lease_secs: Option<u64>,
     rust_log: Option<String>,
     models: Option<Vec<FileModel>>,
 }
@@ -708,6 +752,11 @@ impl Layer {
             feed_max_backlog_bytes: env.number("CHATGATE_FEED_MAX_BACKLOG_BYTES"),
             feed_max_drops: env.number("CHATGATE_FEED_MAX_DROPS"),
             feed_recent_requests: env.number("CHATGATE_FEED_RECENT_REQUESTS"),
+            collector_interval_secs: env.number("CHATGATE_COLLECTOR_INTERVAL_SECS"),
+            collector_fold_age_secs: env.number("CHATGATE_COLLECTOR_FOLD_AGE_SECS"),
+            raw_retention_secs: env.number("CHATGATE_RAW_RETENTION_SECS"),
+            quota_retention_days: env.number("CHATGATE_QUOTA_RETENTION_DAYS"),
+            collector_lease_secs: env.number("CHATGATE_COLLECTOR_LEASE_SECS"),
             rust_log: None,
             models: None,
         }
@@ -742,6 +791,11 @@ impl Layer {
             feed_max_backlog_bytes,
             feed_max_drops,
             feed_recent_requests,
+            collector_interval_secs,
+            collector_fold_age_secs,
+            raw_retention_secs,
+            quota_retention_days,
+            collector_lease_secs,
             rust_log,
             models,
         } = self;
@@ -778,6 +832,12 @@ impl Layer {
         set(&mut tel.feed_max_backlog_bytes, feed_max_backlog_bytes);
         set(&mut tel.feed_max_drops, feed_max_drops);
         set(&mut tel.feed_recent_requests, feed_recent_requests);
+        let col = &mut s.collector;
+        set(&mut col.interval_secs, collector_interval_secs);
+        set(&mut col.fold_age_secs, collector_fold_age_secs);
+        set(&mut col.raw_retention_secs, raw_retention_secs);
+        set(&mut col.quota_retention_days, quota_retention_days);
+        set(&mut col.lease_secs, collector_lease_secs);
         if let Some(filter) = rust_log.filter(|filter| !filter.trim().is_empty()) {
             s.log_filter = Some(filter);
         }
@@ -1337,6 +1397,45 @@ mod tests {
         assert_eq!(s.limits.user_rate_limit, 9);
         assert_eq!(s.timers.heartbeat_secs, 7);
         assert_eq!(s.database.url, "env.db");
+    }
+
+    #[test]
+    fn collector_settings_load_from_every_layer_and_are_range_checked() {
+        let d = Settings::defaults().collector;
+        assert_eq!(
+            (d.interval_secs, d.fold_age_secs, d.raw_retention_secs),
+            (3_600, 300, 604_800)
+        );
+        assert_eq!((d.quota_retention_days, d.lease_secs), (35, 60));
+        let s = load_file(
+            "collector_interval_secs = 600\nraw_retention_secs = 86400\nquota_retention_days = 40",
+            &[
+                ("CHATGATE_COLLECTOR_INTERVAL_SECS", "900"),
+                ("CHATGATE_COLLECTOR_FOLD_AGE_SECS", "0"),
+                ("CHATGATE_COLLECTOR_LEASE_SECS", "30"),
+            ],
+        )
+        .unwrap();
+        let c = &s.collector;
+        assert_eq!(
+            (c.interval_secs, c.fold_age_secs, c.lease_secs),
+            (900, 0, 30)
+        );
+        assert_eq!((c.raw_retention_secs, c.quota_retention_days), (86_400, 40));
+        let mut s = valid();
+        s.collector.interval_secs = 0;
+        s.collector.raw_retention_secs = 59;
+        s.collector.quota_retention_days = 0;
+        s.collector.lease_secs = 2;
+        assert_eq!(
+            keys(&s.validate(false)),
+            [
+                "CHATGATE_COLLECTOR_INTERVAL_SECS",
+                "CHATGATE_RAW_RETENTION_SECS",
+                "CHATGATE_QUOTA_RETENTION_DAYS",
+                "CHATGATE_COLLECTOR_LEASE_SECS"
+            ]
+        );
     }
 
     #[test]

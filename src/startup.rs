@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use actix::{Actor, Addr};
 
+use crate::actors::collector::{Collector, DbCollectorStore};
 use crate::actors::db_flusher::{DbBatchWriter, DbFlusher, FlusherSettings, Shutdown};
 use crate::actors::history_cache::HistoryCache;
 use crate::actors::metrics::{GetMetricsSnapshot, MetricsAggregator};
@@ -46,6 +47,7 @@ pub struct AppState {
     pub feed: FeedLimits,
     /// Turns true when shutdown starts; streamed HTTP replies end with `unavailable` then.
     pub shutdown: watch::Receiver<bool>,
+    pub collector: Addr<Collector>,
 }
 
 /// Failed token verifications allowed per client address per window: plenty for a client
@@ -141,6 +143,18 @@ fn start_actors(
         max_backlog_bytes: settings.telemetry.feed_max_backlog_bytes,
         max_consecutive_drops: settings.telemetry.feed_max_drops,
     };
+    // Names this instance in the collector's lease, so an operator can tell instances apart.
+    let holder = format!(
+        "pid{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let collector = Collector::new(
+        holder,
+        settings.collector.clone(),
+        std::rc::Rc::new(DbCollectorStore { db: pool.clone() }),
+    )
+    .start();
     Ok(AppState {
         settings,
         db: pool,
@@ -156,6 +170,7 @@ fn start_actors(
         history_cache: HistoryCache::new(HISTORY_CACHE_ENTRIES, HISTORY_CACHE_TTL).start(),
         feed,
         shutdown,
+        collector,
     })
 }
 

@@ -1,5 +1,6 @@
 //! One actor per concern; state lives inside its actor and leaves only as owned snapshots.
 
+pub mod collector;
 pub mod db_flusher;
 pub mod history_cache;
 pub mod metrics;

@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{request_log, sessions, usage_rollup, users};
+use super::schema::{collector_lease, collector_runs, request_log, sessions, usage_rollup, users};
 use crate::actors::metrics::RecordRequest;
 
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -92,4 +92,31 @@ impl RollupRow {
         self.tokens_in += row.tokens_in;
         self.tokens_out += row.tokens_out;
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = collector_lease)]
+pub struct LeaseRow {
+    pub name: String,
+    pub holder: String,
+    pub run_id: String,
+    pub expires_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = collector_runs)]
+// NULL rather than DEFAULT for `None`, so the insert reads the same on both backends.
+#[diesel(treat_none_as_default_value = false)]
+pub struct CollectorRunRow {
+    pub run_id: String,
+    pub holder: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub processed: i64,
+    pub stored: i64,
+    pub skipped: i64,
+    pub duration_ms: Option<i64>,
+    pub lock_wait_ms: i64,
+    pub status: String,
+    pub error: Option<String>,
 }

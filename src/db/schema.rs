@@ -67,6 +67,31 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    collector_lease (name) {
+        name -> Text,
+        holder -> Text,
+        run_id -> Text,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    collector_runs (run_id) {
+        run_id -> Text,
+        holder -> Text,
+        started_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+        processed -> BigInt,
+        stored -> BigInt,
+        skipped -> BigInt,
+        duration_ms -> Nullable<BigInt>,
+        lock_wait_ms -> BigInt,
+        status -> Text,
+        error -> Nullable<Text>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     quota_usage,
@@ -74,4 +99,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     request_log,
     usage_rollup,
     flush_batches,
+    collector_lease,
+    collector_runs,
 );

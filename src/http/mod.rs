@@ -2,6 +2,7 @@
 
 pub mod admin_origins;
 pub mod admin_sessions;
+pub mod admin_usage;
 pub mod admin_users;
 pub mod guard;
 pub mod health;
@@ -27,6 +28,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(admin_origins::get_origins)
         .service(admin_origins::put_origins)
         .service(usage_history::usage_history)
+        .service(admin_usage::start_collection)
+        .service(admin_usage::list_runs)
         .service(metrics::admin_metrics)
         .service(metrics::prometheus)
         .route(

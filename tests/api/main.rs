@@ -2,6 +2,7 @@ mod admin;
 mod auth;
 mod chat_ws;
 mod cli;
+mod collector;
 mod health;
 mod helpers;
 mod metrics;

@@ -1,6 +1,7 @@
 //! Free functions over `&mut DbConnection`, one file per table. Backend-specific SQL appears
 //! only here, as a match on the connection variant.
 
+pub mod collector;
 pub mod history;
 pub mod quota;
 pub mod sessions;

@@ -1,0 +1,534 @@
+//! The usage collector: single-flight across requests and instances, dead leases taken over,
+//! folding counted once, retention applied, runs listed.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chatgate::db::models::{CollectorRunRow, RequestRow, RollupRow};
+use chatgate::db::queries::{collector, now_ms, usage, users};
+use chatgate::db::schema::{flush_batches, quota_usage, request_log, usage_rollup};
+use chatgate::db::DbConnection;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use futures_util::future::join_all;
+use serde_json::Value;
+
+use crate::helpers::{
+    backends, eventually, spawn_app_with, spawn_with_settings, test_settings, Backend, TestApp,
+    TestDatabase,
+};
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+
+async fn post_collect(app: &TestApp, token: &str) -> (u16, Value) {
+    let mut resp = app
+        .client()
+        .post(app.url("/admin/usage/collect"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let body = resp.body().await.expect("body");
+    (
+        resp.status().as_u16(),
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+async fn all_runs(app: &TestApp) -> Vec<CollectorRunRow> {
+    app.query(|conn| collector::list_runs(conn, 10_000, None))
+        .await
+}
+
+/// Every recorded run, once none is `running` any more.
+async fn finished_runs(app: &TestApp) -> Vec<CollectorRunRow> {
+    eventually(
+        "every collector run finished",
+        Duration::from_secs(30),
+        || async {
+            let runs = all_runs(app).await;
+            runs.iter()
+                .all(|run| run.status != "running")
+                .then_some(runs)
+        },
+    )
+    .await
+}
+
+/// Starts one run and waits for it to finish; returns its row.
+async fn collect_once(app: &TestApp) -> CollectorRunRow {
+    let (status, body) = post_collect(app, &app.admin_token("ops")).await;
+    assert_eq!(status, 202, "{body}");
+    let run_id = body["run_id"].as_str().expect("run_id").to_string();
+    let run = finished_runs(app)
+        .await
+        .into_iter()
+        .find(|run| run.run_id == run_id)
+        .expect("the started run is recorded");
+    assert_eq!(run.status, "ok", "{run:?}");
+    run
+}
+
+fn raw(id: String, model: &str, started_at: i64, outcome: &str, rolled_up: bool) -> RequestRow {
+    RequestRow {
+        id,
+        user_id: "alice".into(),
+        session_id: None,
+        model: model.into(),
+        started_at,
+        latency_ms: 40 + started_at.rem_euclid(7),
+        tokens_in: 3,
+        tokens_out: 5,
+        estimated: false,
+        outcome: outcome.into(),
+        rolled_up,
+    }
+}
+
+/// Rows as the flusher writes them: raw rows marked rolled up, their sums in the rollups.
+fn insert_flushed(conn: &mut DbConnection, rows: &[RequestRow]) -> QueryResult<()> {
+    usage::insert_requests(conn, rows)?;
+    let rollups: Vec<RollupRow> = rows
+        .iter()
+        .map(|row| {
+            let mut rollup = RollupRow {
+                bucket_start: row.started_at.div_euclid(MINUTE_MS) * MINUTE_MS,
+                model: row.model.clone(),
+                ..RollupRow::default()
+            };
+            rollup.add(row);
+            rollup
+        })
+        .collect();
+    usage::add_rollups(conn, &rollups)?;
+    Ok(())
+}
+
+/// (requests, errors, latency_sum_ms, latency_count, tokens_in, tokens_out)
+type Totals = (i64, i64, i64, i64, i64, i64);
+
+fn rollup_totals(conn: &mut DbConnection) -> QueryResult<Totals> {
+    let rows: Vec<RollupRow> = usage_rollup::table
+        .select(RollupRow::as_select())
+        .load(conn)?;
+    Ok(rows.iter().fold((0, 0, 0, 0, 0, 0), |t, r| {
+        (
+            t.0 + r.requests,
+            t.1 + r.errors,
+            t.2 + r.latency_sum_ms,
+            t.3 + r.latency_count,
+            t.4 + r.tokens_in,
+            t.5 + r.tokens_out,
+        )
+    }))
+}
+
+/// What usage history can see: the rollups plus the raw rows they do not count yet.
+fn usage_totals(conn: &mut DbConnection) -> QueryResult<Totals> {
+    let rollups = rollup_totals(conn)?;
+    let raw: Vec<RequestRow> = request_log::table
+        .select(RequestRow::as_select())
+        .load(conn)?;
+    Ok(raw.iter().filter(|r| !r.rolled_up).fold(rollups, |t, r| {
+        (
+            t.0 + 1,
+            t.1 + i64::from(r.is_error()),
+            t.2 + r.latency_ms,
+            t.3 + 1,
+            t.4 + r.tokens_in,
+            t.5 + r.tokens_out,
+        )
+    }))
+}
+
+fn unrolled_count(conn: &mut DbConnection) -> QueryResult<usize> {
+    let raw: Vec<RequestRow> = request_log::table
+        .select(RequestRow::as_select())
+        .load(conn)?;
+    Ok(raw.iter().filter(|r| !r.rolled_up).count())
+}
+
+#[actix_web::test]
+async fn parallel_collects_get_202_or_409_and_recorded_runs_never_overlap() {
+    for backend in backends("parallel_collects_never_overlap") {
+        let first = spawn_app_with(backend, |_| {}).await;
+        // On PostgreSQL a second instance shares the first one's schema, and the requests
+        // are split between them: the lease has to hold across processes, not just actors.
+        let second = match backend {
+            Backend::Postgres => Some(
+                spawn_with_settings(
+                    test_settings(&first.database.url),
+                    TestDatabase::new(Backend::Sqlite),
+                )
+                .await,
+            ),
+            Backend::Sqlite => None,
+        };
+        let apps: Vec<&TestApp> = std::iter::once(&first).chain(second.as_ref()).collect();
+        // Work for the runs, so they last a while.
+        let base = now_ms() - 2 * HOUR_MS;
+        first
+            .query(move |conn| {
+                let rows: Vec<RequestRow> = (0..2_000)
+                    .map(|i| raw(format!("p{i}"), "echo", base + i * 997, "ok", false))
+                    .collect();
+                usage::insert_requests(conn, &rows)
+            })
+            .await;
+
+        let token = first.admin_token("ops");
+        let at_once = (0..10).map(|i| post_collect(apps[i % apps.len()], &token));
+        let mut responses = join_all(at_once).await;
+        // Then a staggered wave, so several runs follow each other closely (the check below
+        // holds whatever the timing; the spread only makes back-to-back runs likely).
+        let staggered = (0..10u64).map(|i| {
+            let app = apps[i as usize % apps.len()];
+            let token = &token;
+            async move {
+                actix_web::rt::time::sleep(Duration::from_millis(i * 5)).await;
+                post_collect(app, token).await
+            }
+        });
+        responses.extend(join_all(staggered).await);
+        let mut started = HashSet::new();
+        let mut refused_for = Vec::new();
+        for (status, body) in &responses {
+            match status {
+                202 => {
+                    started.insert(body["run_id"].as_str().expect("run_id").to_string());
+                }
+                409 => {
+                    assert_eq!(body["error"]["code"], "already_running", "{body}");
+                    assert!(body["error"]["message"].is_string(), "{body}");
+                    let run_id = body["error"]["run_id"].as_str().expect("run_id");
+                    refused_for.push(run_id.to_string());
+                }
+                other => panic!("{backend:?}: status {other}: {body}"),
+            }
+        }
+        assert!(!started.is_empty(), "{backend:?}: no run started");
+        eprintln!(
+            "DEBUG {backend:?} started={} refused={}",
+            started.len(),
+            refused_for.len()
+        );
+
+        let mut runs = finished_runs(&first).await;
+        let recorded: HashSet<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+        assert_eq!(recorded, started, "{backend:?}: one recorded run per 202");
+        for run_id in &refused_for {
+            assert!(
+                recorded.contains(run_id),
+                "{backend:?}: 409 named {run_id}, not a run"
+            );
+        }
+        runs.sort_by_key(|run| run.started_at);
+        for run in &runs {
+            assert_eq!(run.status, "ok", "{backend:?}: {run:?}");
+        }
+        for pair in runs.windows(2) {
+            let finished = pair[0].finished_at.expect("finished_at");
+            assert!(
+                pair[1].started_at >= finished,
+                "{backend:?}: runs overlap: {:?} and {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        let stored: i64 = runs.iter().map(|run| run.stored).sum();
+        assert_eq!(
+            stored, 2_000,
+            "{backend:?}: every row folded once across the runs"
+        );
+        let lease = first
+            .query(|conn| collector::find_lease(conn, collector::LEASE_NAME))
+            .await;
+        assert_eq!(lease, None, "{backend:?}: the last run released the lease");
+    }
+}
+
+#[actix_web::test]
+async fn a_live_lease_held_elsewhere_gets_409_with_its_run_id() {
+    for backend in backends("a_live_lease_held_elsewhere_gets_409") {
+        let app = spawn_app_with(backend, |_| {}).await;
+        let expires = now_ms() + HOUR_MS;
+        app.query(move |conn| {
+            conn.batch_execute(&format!(
+                "INSERT INTO collector_lease (name, holder, run_id, expires_at) \
+                 VALUES ('usage_collector', 'other-instance', 'their-run', {expires})"
+            ))
+        })
+        .await;
+        let (status, body) = post_collect(&app, &app.admin_token("ops")).await;
+        assert_eq!(status, 409, "{backend:?}: {body}");
+        assert_eq!(body["error"]["code"], "already_running");
+        assert_eq!(body["error"]["run_id"], "their-run");
+        assert!(
+            all_runs(&app).await.is_empty(),
+            "{backend:?}: nothing started"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn an_expired_lease_left_by_a_killed_process_does_not_block_the_next_run() {
+    for backend in backends("an_expired_lease_does_not_block") {
+        let app = spawn_app_with(backend, |_| {}).await;
+        let started = now_ms() - 10 * MINUTE_MS;
+        let expired = now_ms() - MINUTE_MS;
+        // What a process killed mid-run leaves behind: its lease and its unfinished run.
+        app.query(move |conn| {
+            conn.batch_execute(&format!(
+                "INSERT INTO collector_lease (name, holder, run_id, expires_at) \
+                 VALUES ('usage_collector', 'killed-instance', 'dead-run', {expired}); \
+                 INSERT INTO collector_runs (run_id, holder, started_at, status) \
+                 VALUES ('dead-run', 'killed-instance', {started}, 'running');"
+            ))
+        })
+        .await;
+        let run = collect_once(&app).await;
+        assert_ne!(run.run_id, "dead-run");
+        let runs = all_runs(&app).await;
+        let dead = runs
+            .iter()
+            .find(|r| r.run_id == "dead-run")
+            .expect("dead run");
+        assert_eq!(dead.status, "abandoned", "{backend:?}");
+        let lease = app
+            .query(|conn| collector::find_lease(conn, collector::LEASE_NAME))
+            .await;
+        assert_eq!(lease, None, "{backend:?}");
+    }
+}
+
+#[actix_web::test]
+async fn collecting_twice_counts_unrolled_rows_exactly_once() {
+    for backend in backends("collecting_twice_counts_once") {
+        let app = spawn_app_with(backend, |_| {}).await;
+        let now = now_ms();
+        let old = (now - 2 * HOUR_MS).div_euclid(MINUTE_MS) * MINUTE_MS;
+        app.query(move |conn| {
+            // Already flushed (and counted): must not be counted again.
+            let flushed: Vec<RequestRow> = (0..12)
+                .map(|i| raw(format!("f{i}"), "echo", old + i * 10_000, "ok", true))
+                .collect();
+            insert_flushed(conn, &flushed)?;
+            // Not counted yet, over three minutes and two models, with errors and cancels.
+            let outcomes = [
+                "ok",
+                "upstream_error",
+                "cancelled",
+                "ok",
+                "upstream_timeout",
+            ];
+            let unrolled: Vec<RequestRow> = (0..30)
+                .map(|i| {
+                    let model = if i % 2 == 0 { "echo" } else { "small" };
+                    let outcome = outcomes[i as usize % outcomes.len()];
+                    raw(format!("u{i}"), model, old + i * 6_000, outcome, false)
+                })
+                .collect();
+            usage::insert_requests(conn, &unrolled)?;
+            // Too young to fold (fold age 300 s).
+            let recent: Vec<RequestRow> = (0..5)
+                .map(|i| raw(format!("r{i}"), "echo", now - MINUTE_MS + i, "ok", false))
+                .collect();
+            usage::insert_requests(conn, &recent)?;
+            Ok(())
+        })
+        .await;
+        let (history_before, rollups_before) = app
+            .query(|conn| Ok((usage_totals(conn)?, rollup_totals(conn)?)))
+            .await;
+        assert_eq!(rollups_before.0, 12);
+
+        let first = collect_once(&app).await;
+        assert_eq!(
+            (first.processed, first.stored, first.skipped),
+            (42, 30, 12),
+            "{backend:?}"
+        );
+        let (history_once, rollups_once, unrolled) = app
+            .query(|conn| {
+                Ok((
+                    usage_totals(conn)?,
+                    rollup_totals(conn)?,
+                    unrolled_count(conn)?,
+                ))
+            })
+            .await;
+        assert_eq!(
+            history_once, history_before,
+            "{backend:?}: history unchanged"
+        );
+        assert_eq!(rollups_once.0, 42, "{backend:?}: 12 flushed + 30 folded");
+        assert_eq!(
+            rollups_once.1, 12,
+            "{backend:?}: 2 error outcomes in every 5"
+        );
+        assert_eq!(unrolled, 5, "{backend:?}: only the young rows wait");
+
+        let second = collect_once(&app).await;
+        assert_eq!(
+            (second.processed, second.stored, second.skipped),
+            (42, 0, 42),
+            "{backend:?}"
+        );
+        let (history_twice, rollups_twice) = app
+            .query(|conn| Ok((usage_totals(conn)?, rollup_totals(conn)?)))
+            .await;
+        assert_eq!(
+            rollups_twice, rollups_once,
+            "{backend:?}: nothing counted twice"
+        );
+        assert_eq!(history_twice, history_before, "{backend:?}");
+    }
+}
+
+#[actix_web::test]
+async fn retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days() {
+    for backend in backends("retention_deletes_old_rows") {
+        let app = spawn_app_with(backend, |s| {
+            s.collector.raw_retention_secs = 3_600;
+            s.collector.quota_retention_days = 35;
+        })
+        .await;
+        let now = now_ms();
+        let today = chrono::Utc::now().date_naive();
+        let day = |back: u64| {
+            today
+                .checked_sub_days(chrono::Days::new(back))
+                .expect("day")
+                .format("%Y-%m-%d")
+                .to_string()
+        };
+        let days: Vec<String> = [0, 10, 35, 36, 40].into_iter().map(day).collect();
+        let seeded_days = days.clone();
+        app.query(move |conn| {
+            insert_flushed(
+                conn,
+                &[
+                    raw("old-flushed".into(), "echo", now - 2 * HOUR_MS, "ok", true),
+                    raw(
+                        "new-flushed".into(),
+                        "echo",
+                        now - 10 * MINUTE_MS,
+                        "ok",
+                        true,
+                    ),
+                ],
+            )?;
+            usage::insert_requests(
+                conn,
+                &[raw(
+                    "old-unrolled".into(),
+                    "echo",
+                    now - 3 * HOUR_MS,
+                    "ok",
+                    false,
+                )],
+            )?;
+            users::insert_user_if_missing(conn, "alice", now)?;
+            for day in &seeded_days {
+                diesel::insert_into(quota_usage::table)
+                    .values((
+                        quota_usage::user_id.eq("alice"),
+                        quota_usage::day.eq(day),
+                        quota_usage::used.eq(3i64),
+                    ))
+                    .execute(conn)?;
+            }
+            usage::claim_batch(conn, "old-batch", now - 2 * 24 * HOUR_MS)?;
+            usage::claim_batch(conn, "new-batch", now)?;
+            Ok(())
+        })
+        .await;
+
+        collect_once(&app).await;
+        let (ids, kept_days, batches, rollups) = app
+            .query(|conn| {
+                let ids: Vec<String> = request_log::table
+                    .select(request_log::id)
+                    .order(request_log::id)
+                    .load(conn)?;
+                let kept_days: Vec<String> = quota_usage::table
+                    .select(quota_usage::day)
+                    .order(quota_usage::day.desc())
+                    .load(conn)?;
+                let batches: Vec<String> =
+                    flush_batches::table.select(flush_batches::id).load(conn)?;
+                Ok((ids, kept_days, batches, rollup_totals(conn)?))
+            })
+            .await;
+        // The old unrolled row was folded first, then deleted with the other old one.
+        assert_eq!(ids, ["new-flushed"], "{backend:?}");
+        assert_eq!(rollups.0, 3, "{backend:?}: deleted rows stay counted");
+        assert_eq!(kept_days, days[..3], "{backend:?}: 35 days back are kept");
+        assert_eq!(batches, ["new-batch"], "{backend:?}");
+    }
+}
+
+#[actix_web::test]
+async fn runs_are_listed_newest_first_page_by_page() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(collect_once(&app).await.run_id);
+    }
+    ids.reverse();
+    let token = app.admin_token("ops");
+    let mut listed = Vec::new();
+    let mut path = "/admin/usage/collect/runs?limit=1".to_string();
+    loop {
+        let (status, body) = app.get(&path, Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        let items = body["items"].as_array().expect("items");
+        assert_eq!(items.len(), 1, "{body}");
+        let item = &items[0];
+        for field in [
+            "processed",
+            "stored",
+            "skipped",
+            "duration_ms",
+            "lock_wait_ms",
+        ] {
+            assert!(item[field].is_i64(), "{field}: {item}");
+        }
+        assert_eq!(item["status"], "ok");
+        for field in ["started_at", "finished_at"] {
+            let text = item[field].as_str().expect("time");
+            chrono::DateTime::parse_from_rfc3339(text).expect("RFC 3339");
+        }
+        listed.push(item["run_id"].as_str().expect("run_id").to_string());
+        match body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/admin/usage/collect/runs?limit=1&cursor={cursor}"),
+            None => {
+                assert!(body["next_cursor"].is_null(), "{body}");
+                break;
+            }
+        }
+    }
+    assert_eq!(listed, ids, "newest first, each once");
+    let (status, body) = app.get("/admin/usage/collect/runs", Some(&token)).await;
+    assert_eq!(
+        (status, body["items"].as_array().map(Vec::len)),
+        (200, Some(3))
+    );
+    assert!(body["next_cursor"].is_null());
+
+    for bad in ["limit=0", "limit=1001", "limit=abc", "cursor=not-a-cursor"] {
+        let (status, body) = app
+            .get(&format!("/admin/usage/collect/runs?{bad}"), Some(&token))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{bad}");
+    }
+    let user = app.user_token("alice");
+    assert_eq!(
+        app.get("/admin/usage/collect/runs", Some(&user)).await.0,
+        403
+    );
+    assert_eq!(app.get("/admin/usage/collect/runs", None).await.0, 401);
+    assert_eq!(post_collect(&app, &user).await.0, 403);
+}
