@@ -1,16 +1,24 @@
 # syntax=docker/dockerfile:1
 # Build: docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
 #          --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) -t chatgate .
-ARG RUST_VERSION=1.88
+# Release images come from .github/workflows/docker.yml, which passes the same arguments from
+# the pushed tag and commit (never from `git describe`).
+#
+# RUST_VERSION follows `rust-version` in Cargo.toml: the locked dependencies need that rustc
+# (tests/release_files.rs keeps the two equal).
+ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS deps
 WORKDIR /src
 # Dependencies only: this layer is rebuilt when Cargo.toml/Cargo.lock change, not on every
-# source edit. The stub targets are replaced in the next stage.
+# source edit. Cargo will not load a manifest whose declared targets have no source file, so
+# the script writes a stub for src/main.rs, src/lib.rs and every [[bin]]/[[test]]/[[bench]]/
+# [[example]] Cargo.toml declares (copying benches/ or tests/ here instead would rebuild all
+# dependencies whenever one of them changed). The stubs under src/ are replaced in the next
+# stage; the others stay, so `cargo build` there still finds every declared target.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
-    && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+COPY deploy/docker/stub-cargo-targets.sh /usr/local/bin/stub-cargo-targets
+RUN sh /usr/local/bin/stub-cargo-targets Cargo.toml \
     && cargo build --release --locked \
     && rm -rf src
 
@@ -24,18 +32,22 @@ FROM debian:bookworm-slim AS runtime
 ARG VERSION=dev
 ARG REVISION=unknown
 ARG CREATED=unknown
+ARG SOURCE=unknown
 LABEL org.opencontainers.image.title="chatgate" \
       org.opencontainers.image.description="Real-time LLM chat gateway" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0"
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /data --create-home chatgate
+    && groupadd --system --gid 10001 chatgate \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --create-home chatgate
 COPY --from=build /src/target/release/chatgate /usr/local/bin/chatgate
-USER chatgate
+# Numeric, so Kubernetes' runAsNonRoot can verify it without a runAsUser override.
+USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
 ENV CHATGATE_BIND=0.0.0.0:8080 \

@@ -646,7 +646,10 @@ async fn thirty_day_hourly_history_can_use_the_indexes_on_postgres() {
         plan.contains("usage_rollup_pkey") || plan.contains("usage_rollup_model_bucket"),
         "{plan}"
     );
-    assert!(plan.contains("request_log_started") || plan.contains("request_log_unrolled"), "{plan}");
+    assert!(
+        plan.contains("request_log_started") || plan.contains("request_log_unrolled"),
+        "{plan}"
+    );
     assert!(!plan.contains("Seq Scan"), "{plan}");
 }
 
