@@ -2,6 +2,7 @@
 
 pub mod admin_sessions;
 pub mod admin_users;
+pub mod dashboard;
 pub mod health;
 pub mod metrics;
 pub mod openai;
@@ -10,6 +11,7 @@ pub mod prometheus;
 use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.configure(dashboard::routes);
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(openai::list_models)

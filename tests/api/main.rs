@@ -1,6 +1,7 @@
 mod auth;
 mod chat_ws;
 mod cli;
+mod dashboard;
 mod health;
 mod helpers;
 mod metrics;
