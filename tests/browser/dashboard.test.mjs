@@ -5,7 +5,9 @@
 // browser. Screenshots go to target/browser/ of the repository.
 
 import { spawn, execFile } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync, existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync,
+} from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -42,10 +44,20 @@ async function eventually(what, timeoutMs, probe) {
 
 // ------------------------------------------------------------------ the server
 
+if (!existsSync(BIN)) {
+  console.error(`no chatgate binary at ${BIN}: run \`cargo build\` first (or set CHATGATE_BIN)`);
+  process.exit(1);
+}
 const dir = mkdtempSync(path.join(tmpdir(), 'chatgate-browser-'));
+// Run a private copy: a shared target directory may get another build of the binary while the
+// test runs, and the restart step must bring back the same server.
+const bin = path.join(dir, 'chatgate');
+copyFileSync(BIN, bin);
 const secret = randomBytes(32).toString('hex');
+// Limits high enough that the test's own chats and admin calls never meet them.
 writeFileSync(path.join(dir, 'chatgate.toml'), `
 user_rate_limit = 1000
+admin_rate_limit = 1000
 
 [[models]]
 name = "echo"
@@ -71,7 +83,7 @@ class Server {
 
   async start(bind) {
     const from = this.lines.length;
-    const child = spawn(BIN, ['serve'], {
+    const child = spawn(bin, ['serve'], {
       env: { ...serverEnv, CHATGATE_BIND: bind },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
@@ -113,7 +125,7 @@ class Server {
 }
 
 const mint = async (sub, role = 'user') => (await promisify(execFile)(
-  BIN, ['token', '--sub', sub, '--role', role], { env: serverEnv },
+  bin, ['token', '--sub', sub, '--role', role], { env: serverEnv },
 )).stdout.trim();
 
 /** One chat connection: runs `models.length` echo chats in a row, resolves with the session id
@@ -197,6 +209,12 @@ async function main() {
   mkdirSync(SHOTS, { recursive: true });
   const base = `http://${await server.start('127.0.0.1:0')}`;
   log(`chatgate ${BIN} listening at ${base}`);
+  for (const [served, file] of [['/admin', 'admin.html'], ['/admin/dashboard.js', 'admin.js']]) {
+    const body = await (await fetch(`${base}${served}`)).text();
+    check(body === readFileSync(path.join(repo, 'assets', file), 'utf8'),
+      `${BIN} serves this checkout's assets/${file} at ${served}: rebuild it with cargo build `
+      + '(a target directory shared with other checkouts may hold another build)');
+  }
   const admin = await mint('dash-admin', 'admin');
   const user = await mint('dash-user');
   const dashboard = `${base}/admin#token=${admin}`;
