@@ -83,6 +83,8 @@ const conn = {
   retryAt: 0,
   timer: 0,
   lastFrameAt: 0,
+  // Bumped by every connect, so a probe that returns late cannot act for an older attempt.
+  generation: 0,
   // Whether a probe reached the server during this run of failures: if it did and the token
   // was fine, asking again would only tell us the same thing.
   probeAnswered: false,
@@ -123,6 +125,7 @@ function connect() {
     return;
   }
   const ws = new WebSocket(feedUrl());
+  const generation = ++conn.generation;
   conn.ws = ws;
   conn.opened = false;
   // A new connection may be to a restarted server whose counters began again at zero.
@@ -144,7 +147,7 @@ function connect() {
     if (ws !== conn.ws) return;
     conn.ws = null;
     if (conn.opened) scheduleReconnect();
-    else upgradeFailed();
+    else upgradeFailed(generation);
   };
 }
 
@@ -164,9 +167,10 @@ function reconnectNow() {
 
 /** The browser hides why an upgrade failed; the same token on one HTTP call tells a refused
  *  token (401/403, with the server's message) from a server that is down or restarting. */
-async function upgradeFailed() {
+async function upgradeFailed(generation) {
   if (!conn.probeAnswered) {
     const probe = await api('GET', '/admin/metrics?recent=0');
+    if (generation !== conn.generation) return; // the operator reconnected meanwhile
     if (probe.status === 401 || probe.status === 403) {
       setState('auth');
       const why = probe.status === 401
@@ -593,7 +597,9 @@ $('#f-user-edit').addEventListener('submit', (event) => {
   };
   act(userSection, async () => {
     const r = await api('PUT', `/admin/users/${encodeURIComponent(id)}`, { body, ifMatch: etag });
-    if (r.status === 200 || r.status === 201) {
+    if ((r.status === 200 || r.status === 201) && r.data?.version === undefined) {
+      show(userSection, 'ok', `Saved ${id}. ${await loadUser(id) || ''}`);
+    } else if (r.status === 200 || r.status === 201) {
       fillUser(r.data, r.etag);
       const state = r.data.disabled ? 'disabled' : 'enabled';
       show(userSection, 'ok', `Saved ${id}: daily limit ${num(r.data.daily_limit)}, ${state} (version ${r.data.version}).`);
@@ -615,8 +621,9 @@ const originList = () => $('#origins').value.split(/[\s,]+/).map((o) => o.trim()
 $('#origins-load').addEventListener('click', () => act(originsSection, async () => {
   const r = await api('GET', '/admin/origins');
   if (r.status !== 200) return explain(originsSection, r, 'Loading the origins');
-  $('#origins').value = (r.data.origins || []).join('\n');
-  show(originsSection, 'ok', `Loaded ${r.data.origins.length} allowed origin(s).`);
+  const origins = r.data?.origins || [];
+  $('#origins').value = origins.join('\n');
+  show(originsSection, 'ok', `Loaded ${origins.length} allowed origin(s).`);
 }));
 
 $('#f-origins').addEventListener('submit', (event) => {
@@ -624,8 +631,9 @@ $('#f-origins').addEventListener('submit', (event) => {
   act(originsSection, async () => {
     const r = await api('PUT', '/admin/origins', { body: { origins: originList() } });
     if (r.status !== 200) return explain(originsSection, r, 'Saving the origins');
-    $('#origins').value = (r.data.origins || []).join('\n');
-    show(originsSection, 'ok', `Saved: ${r.data.origins.length} allowed origin(s), in effect for the next handshake.`);
+    const origins = r.data?.origins || originList();
+    $('#origins').value = origins.join('\n');
+    show(originsSection, 'ok', `Saved: ${origins.length} allowed origin(s), in effect for the next handshake.`);
   });
 });
 
