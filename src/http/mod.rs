@@ -4,6 +4,7 @@ pub mod admin_origins;
 pub mod admin_sessions;
 pub mod admin_usage;
 pub mod admin_users;
+pub mod dashboard;
 pub mod guard;
 pub mod health;
 pub mod metrics;
@@ -15,6 +16,7 @@ pub mod usage_history;
 use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.configure(dashboard::routes);
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(openai::list_models)

@@ -3,6 +3,7 @@ mod auth;
 mod chat_ws;
 mod cli;
 mod collector;
+mod dashboard;
 mod health;
 mod helpers;
 mod metrics;
