@@ -3,6 +3,7 @@ mod chat_ws;
 mod cli;
 mod health;
 mod helpers;
+mod loadtest;
 mod metrics;
 mod quota_primitive;
 mod tcp_proxy;
