@@ -8,9 +8,11 @@ WORKDIR /src
 # Dependencies only: this layer is rebuilt when Cargo.toml/Cargo.lock change, not on every
 # source edit. The stub targets are replaced in the next stage.
 COPY Cargo.toml Cargo.lock ./
+# Cargo refuses a manifest whose declared [[bench]] targets have no file: stub them too.
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
+    && for b in metrics_aggregator rate_limiter ws_frames; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked \
     && rm -rf src
 
