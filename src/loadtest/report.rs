@@ -27,7 +27,8 @@ pub struct Summary {
     pub cpu_secs: f64,
     pub mode: &'static str,
     pub connections: u64,
-    /// Connections that opened (WebSocket: upgraded and got their `session` frame).
+    /// Connections that opened: WebSockets upgraded that got their `session` frame; with
+    /// `--openai`, the request loops started (HTTP connections open on demand).
     pub connected: u64,
     /// Idle mode: connections still open when the hold time ended.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -122,7 +122,7 @@ async fn open(connection: u64, ctx: &ThreadContext) -> Result<Socket, Cow<'stati
     let url = format!(
         "{}/ws?token={}",
         ctx.plan.ws_url,
-        ctx.plan.token_for(connection)
+        query_escape(ctx.plan.token_for(connection))
     );
     let connecting = ctx.http.ws(url).max_frame_size(1 << 20).connect();
     let mut socket = match actix_web::rt::time::timeout(CONNECT_TIMEOUT, connecting).await {
@@ -147,6 +147,24 @@ async fn open(connection: u64, ctx: &ThreadContext) -> Result<Socket, Cow<'stati
             Err(ended) => return Err(ended.code()),
         }
     }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters. JWTs need none of it, but
+/// a `--token` is taken as given and must not break the query string.
+fn query_escape(value: &str) -> Cow<'_, str> {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~');
+    if value.bytes().all(unreserved) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if unreserved(b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Idle mode: wait for the start, hold the connection for the duration, report it open.
@@ -333,6 +351,15 @@ mod tests {
                 .expect("session");
         assert_eq!(session.kind, "session");
         assert!(serde_json::from_str::<FrameView>(r#"{"id":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn tokens_are_escaped_only_when_needed() {
+        assert!(matches!(
+            query_escape("eyJ.a-b_c~"),
+            Cow::Borrowed("eyJ.a-b_c~")
+        ));
+        assert_eq!(query_escape("a&b=c d/é"), "a%26b%3Dc%20d%2F%C3%A9");
     }
 
     #[test]
