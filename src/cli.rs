@@ -43,6 +43,8 @@ pub enum Command {
     Migrate,
     /// Validate the configuration, print every problem, exit non-zero if any.
     CheckConfig,
+    /// Drive a running gateway with chats (or idle connections) and report what it held.
+    Loadtest(crate::loadtest::LoadtestArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -69,6 +71,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token { sub, role, ttl } => token(&sub, role.into(), ttl),
         Command::Migrate => migrate(),
         Command::CheckConfig => check_config(),
+        Command::Loadtest(args) => crate::loadtest::run(args),
     }
 }
 

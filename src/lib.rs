@@ -7,6 +7,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod loadtest;
 pub mod logging;
 pub mod providers;
 pub mod report;

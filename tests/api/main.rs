@@ -6,6 +6,7 @@ mod collector;
 mod dashboard;
 mod health;
 mod helpers;
+mod loadtest;
 mod metrics;
 mod mock_upstream;
 mod openai_api;
