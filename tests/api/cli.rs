@@ -2,9 +2,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::helpers::TEST_SECRET;
+use crate::process::ServerProcess;
 
 fn chatgate(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
@@ -106,65 +107,14 @@ fn migrate_applies_then_reports_up_to_date() {
     assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
 }
 
-/// Starts `chatgate serve` and returns it once it logged its address.
-fn start_server(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
-    cmd.arg("serve")
-        .args(extra)
-        .current_dir(dir)
-        .env_remove("CHATGATE_CONFIG")
-        .env("CHATGATE_JWT_SECRET", TEST_SECRET)
-        .env("CHATGATE_BIND", "127.0.0.1:0")
-        .env("DATABASE_URL", dir.join("serve.db"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server logged its address");
-    (child, addr)
-}
-
-fn wait_exit(child: &mut std::process::Child, deadline: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            panic!("process did not exit within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal(child: &std::process::Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 #[test]
 fn sigterm_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut child, addr) = start_server(dir.path(), &[]);
-    let healthy = std::net::TcpStream::connect(&addr).is_ok();
-    assert!(healthy, "server at {addr} accepts connections");
-    signal(&child, "-TERM");
-    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let mut server = ServerProcess::start(dir.path(), &[]);
+    let healthy = std::net::TcpStream::connect(&server.addr).is_ok();
+    assert!(healthy, "server at {} accepts connections", server.addr);
+    server.signal("-TERM");
+    let status = server.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
 }
 
@@ -195,9 +145,9 @@ fn serve_dev_prints_ready_tokens_and_the_dashboard_url() {
     let banner = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("dev banner");
-    signal(&child, "-INT");
+    crate::process::signal(child.id(), "-INT");
     assert_eq!(
-        wait_exit(&mut child, Duration::from_secs(15)).code(),
+        crate::process::wait_exit(&mut child, Duration::from_secs(15)).code(),
         Some(0)
     );
     assert!(banner.contains("DEVELOPMENT MODE"), "{banner}");

@@ -11,6 +11,8 @@ mod metrics;
 mod mock_upstream;
 mod openai_api;
 mod openai_upstream;
+mod process;
 mod quota_primitive;
+mod shutdown;
 mod tcp_proxy;
 mod ws_client;

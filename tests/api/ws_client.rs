@@ -67,11 +67,16 @@ pub async fn connect_with(app: &TestApp, options: ConnectOptions<'_>) -> Result<
     if let Some(session) = options.session_id {
         url.push_str(&format!("session_id={session}&"));
     }
+    connect_url(&url, options.origin).await
+}
+
+/// Connects to a full WebSocket URL; `Err(status)` when the server refused the upgrade.
+pub async fn connect_url(url: &str, origin: Option<&str>) -> Result<WsClient, u16> {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(10))
         .finish();
     let mut request = client.ws(url).max_frame_size(1 << 20);
-    if let Some(origin) = options.origin {
+    if let Some(origin) = origin {
         request = request.origin(origin);
     }
     match request.connect().await {
