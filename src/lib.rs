@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod loadtest;
 pub mod logging;
+pub mod memory;
 pub mod providers;
 pub mod report;
 pub mod startup;

@@ -17,6 +17,10 @@ use crate::domain::{SessionId, UserId};
 use crate::error::AppError;
 use crate::ws::connection::CloseConnection;
 
+/// A sweep that frees at least this many sessions (and, before it, their connections)
+/// gives the freed memory back to the OS.
+const TRIM_AFTER_EVICTIONS: usize = 100;
+
 /// How many response times a session keeps for its average.
 const RESPONSE_WINDOW: usize = 100;
 
@@ -399,6 +403,9 @@ impl Actor for SessionRegistry {
         ctx.set_mailbox_capacity(16_384);
         ctx.run_interval(self.cleanup_every, |act, _| {
             let evicted = act.state.evict_expired(Instant::now());
+            if evicted >= TRIM_AFTER_EVICTIONS {
+                crate::memory::release_free_memory();
+            }
             let stats = act.state.stats();
             log::info!(
                 "event=session_cleanup evicted={evicted} active={} inactive={}",
