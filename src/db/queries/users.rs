@@ -98,13 +98,11 @@ pub fn update_user_if(
     change: &UserChange,
 ) -> QueryResult<Option<UserRow>> {
     with_backend!(conn, |c| {
-        let filter = users::id.eq(id);
-        let updated = match expected_version {
-            Some(version) => diesel::update(
-                users::table
-                    .filter(filter)
-                    .filter(users::version.eq(version)),
-            )
+        let mut update = diesel::update(users::table.filter(users::id.eq(id))).into_boxed();
+        if let Some(version) = expected_version {
+            update = update.filter(users::version.eq(version));
+        }
+        update
             .set((
                 users::daily_limit.eq(change.daily_limit),
                 users::disabled.eq(change.disabled),
@@ -112,17 +110,6 @@ pub fn update_user_if(
             ))
             .returning(UserRow::as_returning())
             .get_result(c)
-            .optional()?,
-            None => diesel::update(users::table.filter(filter))
-                .set((
-                    users::daily_limit.eq(change.daily_limit),
-                    users::disabled.eq(change.disabled),
-                    users::version.eq(users::version + 1),
-                ))
-                .returning(UserRow::as_returning())
-                .get_result(c)
-                .optional()?,
-        };
-        Ok(updated)
+            .optional()
     })
 }
