@@ -356,6 +356,11 @@ impl RegistryState {
             .collect()
     }
 
+    /// Releases capacity the session map no longer needs.
+    pub fn shrink(&mut self) {
+        self.sessions.shrink_to_fit();
+    }
+
     pub fn stats(&self) -> SessionStats {
         SessionStats {
             active: self.active,
@@ -404,6 +409,8 @@ impl Actor for SessionRegistry {
         ctx.run_interval(self.cleanup_every, |act, _| {
             let evicted = act.state.evict_expired(Instant::now());
             if evicted >= TRIM_AFTER_EVICTIONS {
+                // Maps keep their peak capacity; after a crowd leaves, give it back too.
+                act.state.shrink();
                 crate::memory::release_free_memory();
             }
             let stats = act.state.stats();

@@ -307,6 +307,13 @@ impl Handler<UnregisterConnection> for WsHub {
 
     fn handle(&mut self, msg: UnregisterConnection, _: &mut Context<Self>) {
         self.connections.remove(&msg.conn_id);
+        // After a crowd leaves, the map's peak capacity is memory nobody uses; halving
+        // whenever it is under a quarter full keeps this amortised O(1).
+        if self.connections.capacity() > 1024
+            && self.connections.len() < self.connections.capacity() / 4
+        {
+            self.connections.shrink_to(self.connections.capacity() / 2);
+        }
     }
 }
 
