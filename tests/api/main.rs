@@ -11,6 +11,7 @@ mod metrics;
 mod mock_upstream;
 mod openai_api;
 mod openai_upstream;
+mod openapi;
 mod quota_primitive;
 mod tcp_proxy;
 mod ws_client;
