@@ -7,9 +7,12 @@ use std::time::Duration;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The stable, machine-readable error codes of CONTRACT.md.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
@@ -140,15 +143,17 @@ pub enum AppError {
 
 /// The JSON body of every HTTP error: `{"error":{"code","message"}}` (plus `run_id` for
 /// `already_running`).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     pub code: ErrorCode,
+    /// Safe, human-readable text; never an internal cause.
     pub message: String,
+    /// Only on `already_running`: the run that holds the collector lease.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub run_id: Option<String>,
 }

@@ -13,7 +13,9 @@ use crate::actors::session_registry::{GetSessionStats, SessionRegistry, SessionS
 use crate::actors::ws_hub::HubStats;
 use crate::error::AppError;
 
-#[derive(Clone, Debug, Serialize)]
+/// Every window is `{minute, hour, day}`; `models` is keyed by model name, `rejected` by the
+/// error code of chats refused at admission; `recent` lists the newest requests.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct AdminMetrics {
     pub totals: Windows,
     pub models: BTreeMap<String, Windows>,

@@ -46,7 +46,7 @@ pub struct Shutdown;
 #[rtype(result = "FlusherStats")]
 pub struct GetFlusherStats;
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FlusherStats {
     pub buffered: usize,
     pub written: u64,

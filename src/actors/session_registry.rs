@@ -75,7 +75,7 @@ pub struct EndSession {
 #[rtype(result = "SessionStats")]
 pub struct GetSessionStats;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StateFilter {
     Active,
@@ -104,7 +104,7 @@ pub struct SessionSummary {
     pub avg_response_ms: Option<i64>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SessionStats {
     pub active: usize,
     pub inactive: usize,

@@ -71,7 +71,7 @@ pub struct CloseAllConnections {
 #[rtype(result = "HubStats")]
 pub struct GetHubStats;
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct HubStats {
     pub connections: usize,
     pub subscribers: usize,

@@ -3,19 +3,30 @@
 
 use actix_web::{get, put, web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::actors::ws_hub::{GetOrigins, SetOrigins};
 use crate::auth::AdminIdentity;
 use crate::config::is_origin;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
+use crate::http::openapi::AdminRefusals;
 use crate::startup::AppState;
 
-#[derive(Serialize, Deserialize)]
+/// Browser origins (`scheme://host[:port]`, or `*` for all) allowed to open WebSockets besides
+/// the server's own.
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Origins {
+    #[schema(example = json!(["https://app.example.com"]))]
     origins: Vec<String>,
 }
 
+/// The allow-list the next WebSocket handshake is checked against.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    responses((status = 200, description = "The allow-list", body = Origins), AdminRefusals)
+)]
 #[get("/admin/origins")]
 pub async fn get_origins(
     _admin: AdminIdentity,
@@ -29,6 +40,18 @@ pub async fn get_origins(
     Ok(HttpResponse::Ok().json(Origins { origins }))
 }
 
+/// Replaces the allow-list; the next handshake sees the change.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    request_body = Origins,
+    responses(
+        (status = 200, description = "The new allow-list", body = Origins),
+        (status = 400, description = "`bad_request`: an entry is not an origin", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over `CHATGATE_MAX_FRAME_BYTES`", body = ErrorBody),
+        AdminRefusals,
+    )
+)]
 #[put("/admin/origins")]
 pub async fn put_origins(
     admin: AdminIdentity,

@@ -3,16 +3,24 @@
 
 use actix_web::{delete, get, web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::session_registry::{
-    EndSession, GetSessionStats, ListSessions, SessionSummary, StateFilter,
+    EndSession, GetSessionStats, ListSessions, SessionStats, SessionSummary, StateFilter,
 };
 use crate::auth::AdminIdentity;
 use crate::domain::SessionId;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
+use crate::http::openapi::AdminRefusals;
 use crate::http::pagination::{decode_cursor, page_limit, Page};
 use crate::startup::AppState;
 
+/// Sessions held by this instance, by state.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    responses((status = 200, description = "Counts; `total` = `active` + `inactive`", body = SessionStats), AdminRefusals)
+)]
 #[get("/admin/sessions/stats")]
 pub async fn session_stats(
     _admin: AdminIdentity,
@@ -26,16 +34,21 @@ pub async fn session_stats(
     Ok(HttpResponse::Ok().json(stats))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Which sessions (default `all`).
+    #[param(inline)]
     state: Option<StateFilter>,
+    /// Page size, 1–1000 (default 50).
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// A session as the contract lists it: RFC 3339 times.
-#[derive(Serialize)]
-struct SessionItem {
+#[derive(Serialize, ToSchema)]
+pub struct SessionItem {
     id: String,
     user: String,
     active: bool,
@@ -68,6 +81,17 @@ impl From<SessionSummary> for SessionItem {
     }
 }
 
+/// Sessions, newest first, a page at a time.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of sessions", body = Page<SessionItem>),
+        (status = 400, description = "`bad_request`: bad `state`, `limit` or `cursor`", body = ErrorBody),
+        AdminRefusals,
+    )
+)]
 #[get("/admin/sessions")]
 pub async fn list_sessions(
     _admin: AdminIdentity,
@@ -94,6 +118,18 @@ pub async fn list_sessions(
     )
 }
 
+/// Ends a session; its connection closes with 1008.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 400, description = "`bad_request`: not a session id", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        AdminRefusals,
+    )
+)]
 #[delete("/admin/sessions/{id}")]
 pub async fn end_session(
     admin: AdminIdentity,

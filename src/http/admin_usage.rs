@@ -5,23 +5,35 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::collector::StartCollection;
 use crate::auth::AdminIdentity;
 use crate::db::models::CollectorRunRow;
 use crate::db::queries::collector;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
+use crate::http::openapi::AdminRefusals;
 use crate::startup::AppState;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 1_000;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Started {
     pub run_id: String,
 }
 
 /// 202 with the new run's id, or 409 `already_running` with the running one's.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    responses(
+        (status = 202, description = "The compaction and retention run started", body = Started),
+        (status = 409, description = "`already_running`: a run holds the lease on some instance; \
+            `error.run_id` names it", body = ErrorBody),
+        AdminRefusals,
+    )
+)]
 #[post("/admin/usage/collect")]
 pub async fn start_collection(
     admin: AdminIdentity,
@@ -39,14 +51,17 @@ pub async fn start_collection(
     Ok(HttpResponse::Accepted().json(Started { run_id }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
+    /// Page size, 1–1000 (default 50).
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
 /// One run as listed; times are RFC 3339 (UTC, milliseconds).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RunView {
     pub run_id: String,
     pub started_at: String,
@@ -56,6 +71,7 @@ pub struct RunView {
     pub skipped: i64,
     pub duration_ms: Option<i64>,
     pub lock_wait_ms: i64,
+    /// `running`, `ok`, `error`, or `abandoned` (its instance died mid-run).
     pub status: String,
     pub error: Option<String>,
 }
@@ -77,13 +93,23 @@ impl From<CollectorRunRow> for RunView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RunList {
     pub items: Vec<RunView>,
     pub next_cursor: Option<String>,
 }
 
 /// Newest first, `limit` (1–1000, default 50) per page.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    params(RunsQuery),
+    responses(
+        (status = 200, description = "A page of collector runs, newest first", body = RunList),
+        (status = 400, description = "`bad_request`: bad `limit` or `cursor`", body = ErrorBody),
+        AdminRefusals,
+    )
+)]
 #[get("/admin/usage/collect/runs")]
 pub async fn list_runs(
     _admin: AdminIdentity,

@@ -3,6 +3,7 @@
 use actix_web::http::header;
 use actix_web::{get, put, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::ws_hub::CloseUserConnections;
 use crate::auth::AdminIdentity;
@@ -10,18 +11,21 @@ use crate::db::models::UserRow;
 use crate::db::queries::users::{self, UserChange};
 use crate::db::queries::{now_ms, quota};
 use crate::domain::{QuotaDay, UserId};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
+use crate::http::openapi::AdminRefusals;
 use crate::http::pagination::{decode_cursor, page_limit, Page};
 use crate::startup::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UserView {
     pub id: String,
     /// The limit in force: the user's own, or the default when `daily_limit_is_default`.
     pub daily_limit: i64,
     pub daily_limit_is_default: bool,
+    /// Chat requests counted today (UTC).
     pub used_today: i64,
     pub disabled: bool,
+    /// Bumped by every change; sent as `ETag`, compared with `If-Match`.
     pub version: i64,
 }
 
@@ -46,12 +50,26 @@ fn parse_user_id(raw: &str) -> Result<UserId, AppError> {
     UserId::parse(raw).map_err(|e| AppError::BadRequest(e.to_string()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size, 1–1000 (default 50).
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// Users, by id, a page at a time.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of users", body = Page<UserView>),
+        (status = 400, description = "`bad_request`: bad `limit` or `cursor`", body = ErrorBody),
+        AdminRefusals,
+    )
+)]
 #[get("/admin/users")]
 pub async fn list_users(
     _admin: AdminIdentity,
@@ -82,6 +100,19 @@ pub async fn list_users(
     )
 }
 
+/// One user, with its version as `ETag`.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    params(("id" = String, Path, description = "User id (a token's `sub`)")),
+    responses(
+        (status = 200, description = "The user", body = UserView,
+            headers(("ETag" = String, description = "`\"<version>\"`, for `If-Match`"))),
+        (status = 400, description = "`bad_request`: not a user id", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such user", body = ErrorBody),
+        AdminRefusals,
+    )
+)]
 #[get("/admin/users/{id}")]
 pub async fn get_user(
     _admin: AdminIdentity,
@@ -108,7 +139,7 @@ pub async fn get_user(
         .json(view))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutUser {
     /// `null` or absent: the default quota applies.
@@ -144,6 +175,25 @@ fn precondition(req: &HttpRequest) -> Precondition {
         .unwrap_or(Precondition::Unmatchable)
 }
 
+/// Creates or replaces a user. With `If-Match`, only if the stored version still matches.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    params(
+        ("id" = String, Path, description = "User id (a token's `sub`)"),
+        ("If-Match" = Option<String>, Header,
+            description = "`\"<version>\"` from `ETag`, or `*` for any existing version"),
+    ),
+    request_body = PutUser,
+    responses(
+        (status = 200, description = "The stored user", body = UserView,
+            headers(("ETag" = String, description = "`\"<version>\"` of the stored row"))),
+        (status = 400, description = "`bad_request`: bad id or body", body = ErrorBody),
+        (status = 412, description = "`precondition_failed`: `If-Match` names another version", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over `CHATGATE_MAX_FRAME_BYTES`", body = ErrorBody),
+        AdminRefusals,
+    )
+)]
 #[put("/admin/users/{id}")]
 pub async fn put_user(
     admin: AdminIdentity,

@@ -4,7 +4,7 @@
 //! gives it, and its actions call the admin HTTP API with that token.
 
 use actix_web::http::header;
-use actix_web::{get, web, HttpResponse};
+use actix_web::{get, HttpResponse};
 
 const PAGE: &str = include_str!("../../assets/admin.html");
 const SCRIPT: &str = include_str!("../../assets/admin.js");
@@ -17,11 +17,6 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self
      img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
-/// The page and its two files, registered in one call from the route table.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(page).service(script).service(style);
-}
-
 fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(content_type)
@@ -33,16 +28,31 @@ fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
         .body(body)
 }
 
+/// The dashboard page; it asks the operator for an admin token and connects to `/admin/ws`.
+#[utoipa::path(
+    tag = "dashboard",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String))
+)]
 #[get("/admin")]
 pub async fn page() -> HttpResponse {
     asset("text/html; charset=utf-8", PAGE)
 }
 
+/// The dashboard's script (the page's CSP allows no inline script).
+#[utoipa::path(
+    tag = "dashboard",
+    responses((status = 200, description = "The script", content_type = "text/javascript", body = String))
+)]
 #[get("/admin/dashboard.js")]
 pub async fn script() -> HttpResponse {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
+/// The dashboard's style sheet.
+#[utoipa::path(
+    tag = "dashboard",
+    responses((status = 200, description = "The style sheet", content_type = "text/css", body = String))
+)]
 #[get("/admin/dashboard.css")]
 pub async fn style() -> HttpResponse {
     asset("text/css; charset=utf-8", STYLE)

@@ -1,20 +1,49 @@
 use actix_web::{get, web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::startup::AppState;
 
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    #[schema(example = "ready")]
+    status: &'static str,
+    #[schema(example = "ok")]
+    database: &'static str,
+}
+
 /// Liveness: answers as long as the process serves HTTP.
+#[utoipa::path(
+    tag = "health",
+    responses((status = 200, description = "The process serves HTTP", body = Health))
+)]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// Readiness: the database must answer now, or load balancers should send traffic elsewhere.
+#[utoipa::path(
+    tag = "health",
+    responses(
+        (status = 200, description = "The database answers", body = Readiness),
+        (status = 503, description = "`unavailable`: the database does not answer", body = ErrorBody),
+    )
+)]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     match state.db.ping().await {
-        Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": "ok"}))),
+        Ok(()) => Ok(HttpResponse::Ok().json(Readiness {
+            status: "ready",
+            database: "ok",
+        })),
         Err(err) => {
             log::warn!("event=readyz_failed error={err}");
             Err(AppError::Unavailable("the database does not answer".into()))

@@ -2,6 +2,7 @@
 
 use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::actors::db_flusher::GetFlusherStats;
 use crate::actors::metrics::GetLifetimeCounters;
@@ -9,11 +10,13 @@ use crate::actors::session_registry::GetSessionStats;
 use crate::actors::ws_hub::GetHubStats;
 use crate::auth::AdminIdentity;
 use crate::error::AppError;
+use crate::http::openapi::AdminRefusals;
 use crate::http::prometheus::Encoder;
-use crate::report::ReportSources;
+use crate::report::{AdminMetrics, ReportSources};
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
     /// How many of the newest requests to include (default 100, at most 1,000).
     recent: Option<usize>,
@@ -27,6 +30,13 @@ fn sources(state: &AppState) -> ReportSources {
     }
 }
 
+/// A JSON snapshot of usage, sessions, the flusher and the live feed hub.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    params(MetricsQuery),
+    responses((status = 200, description = "The snapshot", body = AdminMetrics), AdminRefusals)
+)]
 #[get("/admin/metrics")]
 pub async fn admin_metrics(
     _admin: AdminIdentity,
@@ -44,6 +54,16 @@ pub async fn admin_metrics(
     Ok(HttpResponse::Ok().json(report))
 }
 
+/// Prometheus text exposition (lifetime counters, sessions, connections, flusher).
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4",
+            content_type = "text/plain; version=0.0.4", body = String),
+        AdminRefusals,
+    )
+)]
 #[get("/metrics")]
 pub async fn prometheus(
     _admin: AdminIdentity,

@@ -4,6 +4,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::AppError;
 
@@ -41,9 +42,10 @@ pub fn decode_cursor<T: DeserializeOwned>(cursor: Option<&str>) -> Result<Option
 }
 
 /// `{"items":[…],"next_cursor":…}`: the list shape of every admin endpoint.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Page<T: Serialize> {
     pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
 }
 

@@ -5,15 +5,17 @@ use std::sync::Arc;
 use actix_web::{get, web, HttpResponse};
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::history_cache::{GetCached, PutCached};
 use crate::auth::AdminIdentity;
 use crate::db::queries::history::{self, HistoryQuery, HistoryRow};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
+use crate::http::openapi::AdminRefusals;
 use crate::http::pagination::{decode_cursor, encode_cursor, page_limit};
 use crate::startup::AppState;
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Bucket {
     Minute,
@@ -40,30 +42,43 @@ impl Bucket {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryParams {
+    /// Window start, RFC 3339.
+    #[param(example = "2026-11-25T00:00:00Z")]
     from: String,
+    /// Window end, RFC 3339; at most 24 h after `from` for minute buckets, 31 days for hour,
+    /// 366 days for day.
+    #[param(example = "2026-11-26T00:00:00Z")]
     to: String,
+    #[param(inline)]
     bucket: Bucket,
+    /// Only this model.
     model: Option<String>,
+    /// Only this user.
     user: Option<String>,
+    /// Page size, 1–1000 (default 50).
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct BucketItem {
+#[derive(Serialize, ToSchema)]
+pub struct BucketItem {
+    /// The bucket's start, RFC 3339.
     start: String,
     model: String,
     requests: i64,
     errors: i64,
+    /// Weighted by request count.
     avg_latency_ms: f64,
     tokens_in: i64,
     tokens_out: i64,
 }
 
-#[derive(Serialize)]
-struct HistoryPage {
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPage {
     buckets: Vec<BucketItem>,
     next_cursor: Option<String>,
 }
@@ -135,6 +150,18 @@ fn page(rows: Vec<HistoryRow>, limit: usize) -> HistoryPage {
     }
 }
 
+/// Usage per bucket and model (and user, when filtered), aggregated in the database.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer_jwt" = [])),
+    params(HistoryParams),
+    responses(
+        (status = 200, description = "A page of buckets", body = HistoryPage),
+        (status = 400, description = "`bad_request`: bad bounds, a window too wide for the \
+            bucket, or a bad `limit` or `cursor`", body = ErrorBody),
+        AdminRefusals,
+    )
+)]
 #[get("/admin/usage/history")]
 pub async fn usage_history(
     _admin: AdminIdentity,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix::clock::Instant;
 use actix::prelude::*;
 use actix_web::web::{self, BytesMut};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{get, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -25,7 +25,8 @@ use crate::actors::ws_hub::{
 use crate::auth::authenticate;
 use crate::chat::{CancelReason, ChatEvent, ChatPipeline, ChatRequest, HistorySource};
 use crate::domain::{ChatId, SessionId, UserId};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
+use crate::http::openapi::AdminRefusals;
 use crate::startup::AppState;
 use crate::ws::protocol::{ClientFrame, ServerFrame};
 
@@ -470,6 +471,35 @@ struct HandshakeQuery {
 
 /// `GET /ws`: authenticates and checks the origin before upgrading, so refusals are plain
 /// HTTP errors (401, 403) with the JSON body.
+#[utoipa::path(
+    tag = "chat",
+    description = "The chat WebSocket (protocol in the README: `chat`, `cancel`, `ping` frames \
+        in; `session`, `delta`, `done`, `error`, `pong` frames out). Authenticated and \
+        origin-checked before the upgrade; the token may be the `token` query parameter, \
+        since browsers cannot set headers on a WebSocket handshake.",
+    security(("token_query" = []), ("bearer_jwt" = [])),
+    params(
+        ("session_id" = Option<String>, Query,
+            description = "Resume this ended session of the same user (within the session TTL)"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open; its first \
+            frame is `{\"type\":\"session\",\"session_id\",\"resumed\"}`"),
+        (status = 400, description = "`bad_request`: not a WebSocket handshake, or a bad \
+            `session_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, or an invalid or expired one",
+            body = ErrorBody),
+        (status = 403, description = "`forbidden`: the `Origin` is not allowed, or the user is \
+            disabled", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed token attempts from this \
+            address", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, at least 1"))),
+        (status = 500, description = "`internal`: the server log has the details", body = ErrorBody),
+        (status = 503, description = "`unavailable`: shutting down, or the database or an \
+            internal actor is not answering", body = ErrorBody),
+    )
+)]
+#[get("/ws")]
 pub async fn handshake(
     req: HttpRequest,
     payload: web::Payload,
@@ -785,6 +815,20 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for AdminFeedConnection {
 }
 
 /// `GET /admin/ws`: the live metrics feed for admins (token in the query for browsers).
+#[utoipa::path(
+    tag = "admin",
+    description = "The live metrics feed: each second one text frame, the `/admin/metrics` \
+        object with `\"type\":\"metrics\"` added. Authenticated before the upgrade; the \
+        token may be the `token` query parameter, since browsers cannot set headers on a \
+        WebSocket handshake.",
+    security(("token_query" = []), ("bearer_jwt" = [])),
+    responses(
+        (status = 101, description = "Switching Protocols: the feed is open"),
+        (status = 400, description = "`bad_request`: not a WebSocket handshake", body = ErrorBody),
+        AdminRefusals,
+    )
+)]
+#[get("/admin/ws")]
 pub async fn admin_feed_handshake(
     req: HttpRequest,
     payload: web::Payload,

@@ -11,6 +11,7 @@ mod metrics;
 mod mock_upstream;
 mod openai_api;
 mod openai_upstream;
+mod openapi;
 mod process;
 mod quota_primitive;
 mod shutdown;

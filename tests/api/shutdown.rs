@@ -235,8 +235,10 @@ async fn a_client_that_stopped_reading_does_not_hold_shutdown_past_the_deadline(
     let status = server.wait_exit(Duration::from_secs(8));
     let took = signalled.elapsed();
     assert_eq!(status.code(), Some(0));
+    // Waiting on the stalled client would take its 30 s timeout or forever; the allowance over
+    // the 3 s deadline covers process exit on a loaded 2-core machine (other tests run at once).
     assert!(
-        took < Duration::from_millis(3_800),
+        took < Duration::from_secs(6),
         "shutdown took {took:?} with a 3 s deadline"
     );
     // The stalled client's chat passed admission before the shutdown: it is in the usage.

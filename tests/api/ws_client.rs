@@ -1,5 +1,8 @@
 //! A WebSocket client for tests, over awc.
 
+// Shared by several test binaries; not each uses every method.
+#![allow(dead_code)]
+
 use std::time::Duration;
 
 use actix_codec::Framed;

@@ -87,7 +87,7 @@ fn round1(value: f64) -> f64 {
     (value * 10.0).round() / 10.0
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WindowSummary {
     pub requests: u64,
     pub errors: u64,
@@ -100,7 +100,7 @@ pub struct WindowSummary {
     pub tokens_out: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Windows {
     pub minute: WindowSummary,
     pub hour: WindowSummary,
@@ -182,12 +182,15 @@ impl ModelStats {
 }
 
 /// One line of the recent-requests list on the dashboard.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RecentRequest {
     pub at_ms: i64,
     pub user: String,
+    #[schema(value_type = String)]
     pub model: Arc<str>,
     pub latency_ms: u64,
+    /// `ok`, `cancelled` or an error code.
+    #[schema(value_type = String)]
     pub outcome: &'static str,
     pub tokens_in: u64,
     pub tokens_out: u64,

@@ -8,29 +8,40 @@ mod shapes;
 use actix_web::{get, post, web, HttpResponse};
 use serde::Serialize;
 use tokio::time::Instant;
+use utoipa::ToSchema;
 
 use self::reply::ChatEvents;
 use self::request::CompletionRequest;
-use self::shapes::ReplyMeta;
+use self::shapes::{Chunk, Completion, ReplyMeta};
 use crate::auth::UserIdentity;
 use crate::chat::{ChatRequest, HistorySource};
 use crate::error::AppError;
+use crate::http::openapi::{ChatRefusals, UserRefusals};
 use crate::startup::AppState;
 
-#[derive(Serialize)]
-struct ModelObject<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct ModelObject<'a> {
+    #[schema(example = "echo")]
     id: &'a str,
+    /// Always `model`.
     object: &'static str,
     created: i64,
     owned_by: &'static str,
 }
 
-#[derive(Serialize)]
-struct ModelList<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct ModelList<'a> {
+    /// Always `list`.
     object: &'static str,
     data: Vec<ModelObject<'a>>,
 }
 
+/// The models this gateway serves, in OpenAI's list shape.
+#[utoipa::path(
+    tag = "chat",
+    security(("bearer_jwt" = [])),
+    responses((status = 200, description = "The models", body = ModelList), UserRefusals)
+)]
 #[get("/v1/models")]
 pub async fn list_models(_caller: UserIdentity, state: web::Data<AppState>) -> HttpResponse {
     let data = state
@@ -50,6 +61,21 @@ pub async fn list_models(_caller: UserIdentity, state: web::Data<AppState>) -> H
     })
 }
 
+/// A chat in OpenAI's shapes: one `chat.completion`, or with `stream: true` server-sent
+/// `chat.completion.chunk` events ending with `data: [DONE]`. A failure after the stream
+/// began is sent as one `data: {"error":{"code","message"}}` event, and the stream ends.
+#[utoipa::path(
+    tag = "chat",
+    security(("bearer_jwt" = [])),
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The reply", content(
+            (Completion = "application/json"),
+            (Chunk = "text/event-stream"),
+        )),
+        ChatRefusals,
+    )
+)]
 #[post("/v1/chat/completions")]
 pub async fn chat_completions(
     caller: UserIdentity,

@@ -3,13 +3,17 @@
 //! ignored, so stock clients work unchanged.
 
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::chat::message::{ChatMessage, ChatRole};
 use crate::error::AppError;
 
-#[derive(Debug, Deserialize)]
+/// OpenAI's request; other fields (temperature, max_tokens, …) are accepted and ignored.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
+    #[schema(example = "echo")]
     model: String,
+    /// At least one.
     messages: Vec<RequestMessage>,
     /// OpenAI clients send `null` for "not streaming" as often as `false`.
     #[serde(default)]
@@ -18,19 +22,20 @@ pub struct CompletionRequest {
     stream_options: Option<StreamOptions>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct StreamOptions {
+    /// Adds a last chunk with the reply's `usage`.
     #[serde(default)]
     include_usage: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct RequestMessage {
     role: Role,
     content: String,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum Role {
     System,

@@ -3,6 +3,7 @@
 
 use actix_web::web::Bytes;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::AppError;
 use crate::providers::Usage;
@@ -15,7 +16,7 @@ pub struct ReplyMeta {
     include_usage: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct UsageBody {
     prompt_tokens: u64,
     completion_tokens: u64,
@@ -32,8 +33,10 @@ impl From<Usage> for UsageBody {
     }
 }
 
-#[derive(Serialize)]
-struct Completion<'a> {
+/// A whole reply (`"object": "chat.completion"`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = ChatCompletion)]
+pub struct Completion<'a> {
     id: &'a str,
     object: &'static str,
     created: i64,
@@ -42,22 +45,27 @@ struct Completion<'a> {
     usage: UsageBody,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CompletionChoice {
     index: u32,
     message: AssistantMessage,
+    /// Always `null`.
+    #[schema(value_type = Option<Object>)]
     logprobs: Option<()>,
     finish_reason: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AssistantMessage {
     role: &'static str,
     content: String,
 }
 
-#[derive(Serialize)]
-struct Chunk<'a> {
+/// One server-sent event of a streamed reply (`"object": "chat.completion.chunk"`), sent as
+/// `data: <json>`; the stream ends with `data: [DONE]`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ChatCompletionChunk)]
+pub struct Chunk<'a> {
     id: &'a str,
     object: &'static str,
     created: i64,
@@ -65,18 +73,21 @@ struct Chunk<'a> {
     choices: Vec<ChunkChoice<'a>>,
     /// With `include_usage`, OpenAI sends `"usage": null` on every chunk but the last.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<UsageBody>)]
     usage: Option<Option<UsageBody>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ChunkChoice<'a> {
     index: u32,
     delta: ChunkDelta<'a>,
+    /// Always `null`.
+    #[schema(value_type = Option<Object>)]
     logprobs: Option<()>,
     finish_reason: Option<&'static str>,
 }
 
-#[derive(Default, Serialize)]
+#[derive(Default, Serialize, ToSchema)]
 struct ChunkDelta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
