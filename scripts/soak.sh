@@ -149,9 +149,9 @@ $1 >= warm {
     if ($3 < fmin) fmin = $3; if ($3 > fmax) fmax = $3
 }
 END {
-    printf "start: rss %.1f MB, %d fds; %d samples after the %d s warm-up\n", rss0 / 1024, fd0, n, warm
+    printf "start: rss %.1f MiB, %d fds; %d samples after the %d s warm-up\n", rss0 / 1024, fd0, n, warm
     if (n) {
-        printf "after warm-up: rss min %.1f / max %.1f MB, growth first->last %+.1f MB (%+.1f %%)\n",
+        printf "after warm-up: rss min %.1f / max %.1f MiB, growth first->last %+.1f MiB (%+.1f %%)\n",
             rmin / 1024, rmax / 1024, (rss_last - rss_first) / 1024, 100 * (rss_last - rss_first) / rss_first
         printf "after warm-up: fds min %d / max %d, growth first->last %+d\n", fmin, fmax, fd_last - fd_first
     }
