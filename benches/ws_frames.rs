@@ -1,8 +1,6 @@
 //! The WebSocket wire format, per frame: parsing what clients send (`ClientFrame::parse`)
 //! and encoding what the server sends (`ServerFrame::to_json`, one per delta).
-//!
-//! The SSE parser benchmark (MB/s) belongs with the OpenAI upstream provider, which is not on
-//! this branch yet; it is added when that parser lands rather than faked here.
+//! The SSE parser has its own benchmark, `benches/sse_parser.rs`.
 
 use std::borrow::Cow;
 use std::hint::black_box;
