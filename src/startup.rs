@@ -324,6 +324,17 @@ impl Application {
     }
 }
 
+/// The part of the shutdown deadline kept for the final flush: a quarter, at most 2 s.
+fn flush_reserve(deadline: Duration) -> Duration {
+    (deadline / 4).min(Duration::from_secs(2))
+}
+
+/// Whole seconds actix may drain connections for: the deadline less the flush reserve.
+fn http_drain_secs(deadline_secs: u64) -> u64 {
+    let deadline = Duration::from_secs(deadline_secs);
+    (deadline - flush_reserve(deadline)).as_secs()
+}
+
 /// Stop accepting; end every running reply with `unavailable` and close every WebSocket with
 /// 1001, all at once; let in-flight HTTP requests finish; then write everything buffered. All
 /// within `deadline`: the final flush keeps a reserve of it, and whatever is still open when
@@ -331,9 +342,12 @@ impl Application {
 async fn shutdown(state: &AppState, handle: ServerHandle, deadline: Duration) {
     let start = tokio::time::Instant::now();
     let until = start + deadline;
-    let flush_reserve = (deadline / 4).min(Duration::from_secs(2));
-    let close_until = until - flush_reserve;
+    let close_until = until - flush_reserve(deadline);
     handle.pause().await;
+    // Graceful stop starts now, alongside the WebSocket closes: actix lets open connections
+    // finish for at most its own drain timeout (set from the same budget at build time), so a
+    // socket stuck behind a client that stopped reading cannot stretch shutdown.
+    let http_stopped = handle.stop(true);
     state.pipeline.begin_shutdown();
     let told = state
         .hub
@@ -352,20 +366,16 @@ async fn shutdown(state: &AppState, handle: ServerHandle, deadline: Duration) {
             break;
         }
         if tokio::time::Instant::now() >= close_until {
-            // A client that stopped reading freezes its connection; the server stop below
-            // drops it.
+            // A client that stopped reading can freeze its connection; actix drops it when
+            // its drain timeout runs out.
             log::warn!("event=shutdown_deadline_passed what=websockets open={open} replies_in_flight={replies}");
             break;
         }
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
     let http_left = close_until.saturating_duration_since(tokio::time::Instant::now());
-    if tokio::time::timeout(http_left, handle.stop(true))
-        .await
-        .is_err()
-    {
-        log::warn!("event=shutdown_deadline_passed what=http_requests");
-        handle.stop(false).await;
+    if tokio::time::timeout(http_left, http_stopped).await.is_err() {
+        log::warn!("event=shutdown_deadline_passed what=http_connections");
     }
     // Records of the replies just ended pass through the aggregator first; a round trip
     // there guarantees they reached the flusher before its final flush.
@@ -438,7 +448,7 @@ fn build_server(
     // stream are dropped at once, which stops the chat and its upstream call, instead of
     // streaming on until a write fails.
     .h1_allow_half_closed(false)
-    .shutdown_timeout(shutdown_secs)
+    .shutdown_timeout(http_drain_secs(shutdown_secs))
     .listen(listener)?
     .run();
     Ok(server)

@@ -235,10 +235,11 @@ async fn a_client_that_stopped_reading_does_not_hold_shutdown_past_the_deadline(
     let status = server.wait_exit(Duration::from_secs(8));
     let took = signalled.elapsed();
     assert_eq!(status.code(), Some(0));
-    // Waiting on the stalled client would take its 30 s timeout or forever; the allowance over
-    // the 3 s deadline covers process exit on a loaded 2-core machine (other tests run at once).
+    // The allowance over the 3 s deadline covers process exit on a loaded 2-core machine; it
+    // is tight enough to catch actix's own 3 s drain stacking on top of ours (5.3 s, a bug
+    // this test found).
     assert!(
-        took < Duration::from_secs(6),
+        took < Duration::from_millis(4_500),
         "shutdown took {took:?} with a 3 s deadline"
     );
     // The stalled client's chat passed admission before the shutdown: it is in the usage.
