@@ -8,27 +8,8 @@ mod ws_client;
 
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
-
-use helpers::{spawn_app_with, Backend, TestApp};
+use helpers::{run_chats, spawn_app_with, Backend, TestApp};
 use ws_client::{connect_with, ConnectOptions, Incoming, WsClient};
-
-async fn run_chats(app: &TestApp, connections: usize, per_connection: usize) -> usize {
-    let runs = (0..connections).map(|c| async move {
-        let (mut ws, _) = WsClient::open(app, &format!("user-{c}")).await;
-        let mut done = 0;
-        for i in 0..per_connection {
-            let id = format!("c{i}");
-            ws.chat(&id, "echo", "count me once").await;
-            if ws.reply(&id).await.done.is_some() {
-                done += 1;
-            }
-        }
-        ws.close().await;
-        done
-    });
-    join_all(runs).await.into_iter().sum()
-}
 
 async fn feed_client(app: &TestApp) -> WsClient {
     let admin = app.admin_token("ops");

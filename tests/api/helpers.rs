@@ -263,3 +263,22 @@ impl TestApp {
         let _ = self.state.quota.send(EnsureUser { user }).await;
     }
 }
+
+/// `per_connection` echo chats, one after another, on each of `connections` connections (user
+/// `user-N` each); returns how many ended with `done`.
+pub async fn run_chats(app: &TestApp, connections: usize, per_connection: usize) -> usize {
+    let runs = (0..connections).map(|c| async move {
+        let (mut ws, _) = crate::ws_client::WsClient::open(app, &format!("user-{c}")).await;
+        let mut done = 0;
+        for i in 0..per_connection {
+            let id = format!("c{i}");
+            ws.chat(&id, "echo", "count me once").await;
+            if ws.reply(&id).await.done.is_some() {
+                done += 1;
+            }
+        }
+        ws.close().await;
+        done
+    });
+    futures_util::future::join_all(runs).await.into_iter().sum()
+}

@@ -3,33 +3,13 @@
 use std::time::{Duration, Instant};
 
 use chatgate::db::queries::usage;
-use futures_util::future::join_all;
 
 use crate::helpers::{
-    backends, eventually, postgres_url, spawn_app_with, spawn_with_settings, test_settings,
-    Backend, TestApp, TestDatabase,
+    backends, eventually, postgres_url, run_chats, spawn_app_with, spawn_with_settings,
+    test_settings, Backend, TestApp, TestDatabase,
 };
 use crate::tcp_proxy::TcpProxy;
 use crate::ws_client::{connect_with, ConnectOptions, Incoming, WsClient};
-
-/// `per_connection` echo chats on each of `connections` connections; returns how many ended
-/// with `done`.
-async fn run_chats(app: &TestApp, connections: usize, per_connection: usize) -> usize {
-    let runs = (0..connections).map(|c| async move {
-        let (mut ws, _) = WsClient::open(app, &format!("user-{c}")).await;
-        let mut done = 0;
-        for i in 0..per_connection {
-            let id = format!("c{i}");
-            ws.chat(&id, "echo", "count me once").await;
-            if ws.reply(&id).await.done.is_some() {
-                done += 1;
-            }
-        }
-        ws.close().await;
-        done
-    });
-    join_all(runs).await.into_iter().sum()
-}
 
 async fn stored_counts(app: &TestApp) -> (i64, i64) {
     app.query(|conn| {
