@@ -76,20 +76,10 @@ impl DatabaseUrl {
     /// For logs: the URL without a password.
     pub fn redacted(&self) -> String {
         match self.kind {
-            BackendKind::Sqlite => format!("sqlite:{}", self.target),
-            BackendKind::Postgres => match (self.target.find("://"), self.target.rfind('@')) {
-                (Some(scheme_end), Some(at)) if at > scheme_end => {
-                    let userinfo = &self.target[scheme_end + 3..at];
-                    let user = userinfo.split(':').next().unwrap_or("");
-                    format!(
-                        "{}{}:[redacted]{}",
-                        &self.target[..scheme_end + 3],
-                        user,
-                        &self.target[at..]
-                    )
-                }
-                _ => self.target.clone(),
-            },
+            BackendKind::Sqlite => {
+                format!("sqlite:{}", crate::domain::redact::redact_url(&self.target))
+            }
+            BackendKind::Postgres => crate::domain::redact::redact_url(&self.target),
         }
     }
 }
