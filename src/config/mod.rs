@@ -24,6 +24,8 @@ mod table;
 mod tests;
 #[cfg(test)]
 mod tests_models;
+#[cfg(test)]
+mod tests_readme;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
