@@ -69,6 +69,9 @@ declare_settings! {
         /// how often buffered rows are written
         flush_interval_ms: u64 = 1_000;
             env "CHATGATE_FLUSH_INTERVAL_MS", unit "ms", range 1 => MILLIS;
+        /// how long a reply goes on after its socket drops, waiting to be resumed (0 = stop with the socket)
+        resume_grace_secs: u64 = 30;
+            env "CHATGATE_RESUME_GRACE_SECS", unit "s", range 0 => 3_600;
     }
 
     /// The listener.
