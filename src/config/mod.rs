@@ -26,6 +26,8 @@ mod tests;
 mod tests_models;
 #[cfg(test)]
 mod tests_readme;
+#[cfg(test)]
+mod tests_wave2;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
