@@ -301,5 +301,10 @@ mod tests {
         let url = DatabaseUrl::parse("postgres://app:hunter2@db:5432/chat");
         assert_eq!(url.redacted(), "postgres://app:[redacted]@db:5432/chat");
         assert!(!url.redacted().contains("hunter2"));
+        let url = DatabaseUrl::parse("postgres://app@db/chat?sslmode=disable&password=hunter2");
+        assert_eq!(
+            url.redacted(),
+            "postgres://app@db/chat?sslmode=disable&password=[redacted]"
+        );
     }
 }
