@@ -115,7 +115,10 @@ fn serve(dev: bool) -> ExitCode {
         let secret = Alphanumeric.sample_string(&mut rand::rng(), 48);
         settings.auth.jwt_secret = Some(Secret::new(secret));
     }
-    log::info!("event=config_loaded settings={settings:?}");
+    log::info!(
+        "event=config_loaded settings={}",
+        settings.dump_lines().join("; ")
+    );
     let system = actix_web::rt::System::new();
     let result = system.block_on(async move {
         let app = Application::build(settings).await?.with_signal_handling()?;
@@ -240,6 +243,10 @@ fn check_config() -> ExitCode {
                     .collect::<Vec<_>>()
                     .join(",")
             ));
+            // Every resolved value, secrets and URL passwords redacted.
+            for line in settings.dump_lines() {
+                out(&format!("  {line}"));
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,

@@ -76,20 +76,10 @@ impl DatabaseUrl {
     /// For logs: the URL without a password.
     pub fn redacted(&self) -> String {
         match self.kind {
-            BackendKind::Sqlite => format!("sqlite:{}", self.target),
-            BackendKind::Postgres => match (self.target.find("://"), self.target.rfind('@')) {
-                (Some(scheme_end), Some(at)) if at > scheme_end => {
-                    let userinfo = &self.target[scheme_end + 3..at];
-                    let user = userinfo.split(':').next().unwrap_or("");
-                    format!(
-                        "{}{}:[redacted]{}",
-                        &self.target[..scheme_end + 3],
-                        user,
-                        &self.target[at..]
-                    )
-                }
-                _ => self.target.clone(),
-            },
+            BackendKind::Sqlite => {
+                format!("sqlite:{}", crate::domain::redact::redact_url(&self.target))
+            }
+            BackendKind::Postgres => crate::domain::redact::redact_url(&self.target),
         }
     }
 }
@@ -311,5 +301,10 @@ mod tests {
         let url = DatabaseUrl::parse("postgres://app:hunter2@db:5432/chat");
         assert_eq!(url.redacted(), "postgres://app:[redacted]@db:5432/chat");
         assert!(!url.redacted().contains("hunter2"));
+        let url = DatabaseUrl::parse("postgres://app@db/chat?sslmode=disable&password=hunter2");
+        assert_eq!(
+            url.redacted(),
+            "postgres://app@db/chat?sslmode=disable&password=[redacted]"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 mod ids;
 mod quota_day;
+pub mod redact;
 
 pub use ids::{ChatId, IdError, SessionId, UserId};
 pub use quota_day::QuotaDay;

@@ -64,8 +64,9 @@ impl OpenAiProvider {
             .filter(|url| url.scheme().is_some() && url.host().is_some())
             .ok_or_else(|| {
                 AppError::internal(format!(
-                    "model {}: base_url {base:?} is not an absolute http(s) URL",
-                    model.name
+                    "model {}: base_url {:?} is not an absolute http(s) URL",
+                    model.name,
+                    crate::domain::redact::redact_url(base)
                 ))
             })?;
         client::install_crypto_provider();
