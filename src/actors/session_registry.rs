@@ -10,12 +10,12 @@ use actix::clock::Instant;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::actors::connections::CloseConnection;
 use crate::actors::db_flusher::{DbFlusher, EnqueueSession};
-use crate::chat::message::ChatMessage;
 use crate::db::models::SessionRow;
+use crate::domain::message::ChatMessage;
 use crate::domain::{SessionId, UserId};
 use crate::error::AppError;
-use crate::ws::connection::CloseConnection;
 
 /// A sweep that frees at least this many sessions (and, before it, their connections)
 /// gives the freed memory back to the OS.
