@@ -23,7 +23,7 @@ pub struct MetricsQuery {
     recent: Option<usize>,
 }
 
-/// A JSON snapshot of usage, sessions, the flusher and the live feed hub.
+/// A JSON snapshot of usage, sessions, the flusher, open connections and the live feed.
 #[utoipa::path(
     tag = "admin",
     security(("bearer_jwt" = [])),

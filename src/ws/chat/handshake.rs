@@ -14,7 +14,7 @@ use crate::actors::origins::CheckOrigin;
 use crate::actors::quota_keeper::EnsureUser;
 use crate::app_state::AppState;
 use crate::auth::authenticate;
-use crate::domain::SessionId;
+use crate::domain::{SessionId, UserId};
 use crate::error::{AppError, ErrorBody};
 use crate::ws::transport::start_counted;
 
@@ -60,6 +60,26 @@ pub async fn handshake(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let identity = authenticate(&req)?;
+    check_origin(&req, &state, &identity.user).await?;
+    let resume = resume_of(&req)?;
+    let user_row = state
+        .quota
+        .send(EnsureUser {
+            user: identity.user.clone(),
+        })
+        .await
+        .map_err(|err| AppError::unavailable_mailbox("quota_keeper", err))??;
+    if user_row.disabled {
+        return Err(AppError::Forbidden("this user is disabled".into()));
+    }
+    let max_frame_bytes = state.settings.server.max_frame_bytes;
+    let consumed = Arc::new(AtomicU64::new(0));
+    let connection = WsConnection::new(identity.user, resume, &state, consumed.clone());
+    start_counted(connection, &req, payload, max_frame_bytes, consumed)
+}
+
+/// Refuses a browser page whose origin may not open WebSockets here.
+async fn check_origin(req: &HttpRequest, state: &AppState, user: &UserId) -> Result<(), AppError> {
     let origin = req
         .headers()
         .get(actix_web::http::header::ORIGIN)
@@ -77,62 +97,55 @@ pub async fn handshake(
         })
         .await
         .map_err(|err| AppError::unavailable_mailbox("origins", err))?;
-    if !allowed {
-        log::info!(
-            "event=ws_origin_refused user={} origin={:?}",
-            identity.user,
-            origin
-        );
-        return Err(AppError::Forbidden(
-            "this origin may not open WebSockets here".into(),
-        ));
+    if allowed {
+        return Ok(());
     }
+    log::info!("event=ws_origin_refused user={user} origin={origin:?}");
+    Err(AppError::Forbidden(
+        "this origin may not open WebSockets here".into(),
+    ))
+}
+
+/// The session to resume, from `?session_id=` (empty means none).
+fn resume_of(req: &HttpRequest) -> Result<Option<SessionId>, AppError> {
     let query = web::Query::<HandshakeQuery>::from_query(req.query_string())
         .map_err(|err| AppError::BadRequest(format!("invalid query: {err}")))?;
-    let resume = match query.into_inner().session_id.filter(|s| !s.is_empty()) {
-        Some(raw) => {
-            Some(SessionId::parse(&raw).map_err(|err| AppError::BadRequest(err.to_string()))?)
-        }
-        None => None,
-    };
-    let user_row = state
-        .quota
-        .send(EnsureUser {
-            user: identity.user.clone(),
-        })
-        .await
-        .map_err(|err| AppError::unavailable_mailbox("quota_keeper", err))??;
-    if user_row.disabled {
-        return Err(AppError::Forbidden("this user is disabled".into()));
+    match query.into_inner().session_id.filter(|s| !s.is_empty()) {
+        Some(raw) => SessionId::parse(&raw)
+            .map(Some)
+            .map_err(|err| AppError::BadRequest(err.to_string())),
+        None => Ok(None),
     }
-    let settings = &state.settings;
-    let consumed = Arc::new(AtomicU64::new(0));
-    let connection = WsConnection {
-        conn_id: rand::random(),
-        user: identity.user,
-        resume,
-        session: None,
-        pipeline: state.pipeline.clone(),
-        registry: state.registry.clone(),
-        connections: state.connections.clone(),
-        settings: ConnectionSettings {
-            heartbeat: Duration::from_secs(settings.timers.heartbeat_secs),
-            client_timeout: Duration::from_secs(settings.timers.client_timeout_secs),
-            max_frame_bytes: settings.server.max_frame_bytes,
-            max_backlog_bytes: CHAT_MAX_BACKLOG_BYTES,
-        },
-        last_heard: Instant::now(),
-        running: HashMap::new(),
-        fragments: None,
-        closing: None,
-        produced: 0,
-        consumed: consumed.clone(),
-    };
-    start_counted(
-        connection,
-        &req,
-        payload,
-        settings.server.max_frame_bytes,
-        consumed,
-    )
+}
+
+impl WsConnection {
+    fn new(
+        user: UserId,
+        resume: Option<SessionId>,
+        state: &AppState,
+        consumed: Arc<AtomicU64>,
+    ) -> WsConnection {
+        let settings = &state.settings;
+        WsConnection {
+            conn_id: rand::random(),
+            user,
+            resume,
+            session: None,
+            pipeline: state.pipeline.clone(),
+            registry: state.registry.clone(),
+            connections: state.connections.clone(),
+            settings: ConnectionSettings {
+                heartbeat: Duration::from_secs(settings.timers.heartbeat_secs),
+                client_timeout: Duration::from_secs(settings.timers.client_timeout_secs),
+                max_frame_bytes: settings.server.max_frame_bytes,
+                max_backlog_bytes: CHAT_MAX_BACKLOG_BYTES,
+            },
+            last_heard: Instant::now(),
+            running: HashMap::new(),
+            fragments: None,
+            closing: None,
+            produced: 0,
+            consumed,
+        }
+    }
 }
