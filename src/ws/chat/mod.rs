@@ -20,7 +20,7 @@ use super::transport::wire_len;
 use crate::actors::connections::{
     CloseConnection, Connections, RegisterConnection, UnregisterConnection,
 };
-use crate::actors::session_registry::{DetachSession, OpenSession, SessionRegistry};
+use crate::actors::session_registry::{DetachSession, OpenSession, SessionOpened, SessionRegistry};
 use crate::chat::{CancelReason, ChatEvent, ChatPipeline, ChatRequest, HistorySource};
 use crate::domain::{ChatId, SessionId, UserId};
 use crate::error::AppError;
@@ -254,6 +254,42 @@ impl WsConnection {
     }
 }
 
+impl WsConnection {
+    /// Sends the `session` frame, or closes when the registry did not answer.
+    fn session_opened(
+        &mut self,
+        opened: Result<SessionOpened, MailboxError>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        match opened {
+            Ok(opened) => {
+                log::debug!(
+                    "event=ws_open conn_id={} user={} session={} resumed={}",
+                    self.conn_id,
+                    self.user,
+                    opened.id,
+                    opened.resumed
+                );
+                self.send(
+                    ctx,
+                    &ServerFrame::Session {
+                        session_id: opened.id.as_str(),
+                        resumed: opened.resumed,
+                    },
+                );
+                self.session = Some(opened.id);
+            }
+            Err(err) => {
+                log::warn!(
+                    "event=ws_session_failed conn_id={} error={err}",
+                    self.conn_id
+                );
+                self.close(ctx, CloseCode::Error, "session registry unavailable");
+            }
+        }
+    }
+}
+
 impl Actor for WsConnection {
     type Context = ws::WebsocketContext<Self>;
 
@@ -277,32 +313,7 @@ impl Actor for WsConnection {
             self.registry
                 .send(open)
                 .into_actor(self)
-                .map(|opened, act, ctx| match opened {
-                    Ok(opened) => {
-                        log::debug!(
-                            "event=ws_open conn_id={} user={} session={} resumed={}",
-                            act.conn_id,
-                            act.user,
-                            opened.id,
-                            opened.resumed
-                        );
-                        act.send(
-                            ctx,
-                            &ServerFrame::Session {
-                                session_id: opened.id.as_str(),
-                                resumed: opened.resumed,
-                            },
-                        );
-                        act.session = Some(opened.id);
-                    }
-                    Err(err) => {
-                        log::warn!(
-                            "event=ws_session_failed conn_id={} error={err}",
-                            act.conn_id
-                        );
-                        act.close(ctx, CloseCode::Error, "session registry unavailable");
-                    }
-                }),
+                .map(|opened, act, ctx| act.session_opened(opened, ctx)),
         );
     }
 
