@@ -255,6 +255,30 @@ impl From<actix::MailboxError> for AppError {
     }
 }
 
+/// Refusals any admin route can answer with.
+#[derive(utoipa::IntoResponses)]
+pub enum AdminRefusals {
+    /// `unauthorized`: no token, or an invalid or expired one.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `forbidden`: the token's role is not `admin`.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// `rate_limited`: this admin's request budget (`CHATGATE_ADMIN_RATE_LIMIT` per window) is
+    /// spent, or too many failed token attempts came from this address.
+    #[response(
+        status = 429,
+        headers(("Retry-After" = u64, description = "Seconds to wait, at least 1"))
+    )]
+    RateLimited(ErrorBody),
+    /// `internal`: the server log has the details.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// `unavailable`: the database or an internal actor is not answering; try again.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

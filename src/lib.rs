@@ -1,4 +1,5 @@
 pub mod actors;
+pub mod app_state;
 pub mod auth;
 pub mod chat;
 pub mod cli;
@@ -11,6 +12,5 @@ pub mod loadtest;
 pub mod logging;
 pub mod memory;
 pub mod providers;
-pub mod report;
 pub mod startup;
 pub mod ws;

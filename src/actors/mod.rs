@@ -1,10 +1,13 @@
 //! One actor per concern; state lives inside its actor and leaves only as owned snapshots.
 
 pub mod collector;
+pub mod connections;
 pub mod db_flusher;
 pub mod history_cache;
+pub mod live_feed;
 pub mod metrics;
+pub mod origins;
 pub mod quota_keeper;
 pub mod rate_limiter;
+pub mod report;
 pub mod session_registry;
-pub mod ws_hub;

@@ -2,7 +2,8 @@
 //! stream with its deadline and cancellation, and exactly one request record per admitted
 //! chat.
 
-pub mod message;
+/// Chat messages are domain types; the old path stays for callers.
+pub use crate::domain::message;
 pub mod pipeline;
 
 pub use pipeline::{CancelReason, ChatEvent, ChatHandle, ChatPipeline, ChatRequest, HistorySource};

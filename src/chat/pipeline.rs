@@ -50,13 +50,7 @@ pub enum ChatEvent {
     Error(AppError),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CancelReason {
-    /// The client asked (`cancel` frame): the reply ends with `done`, `cancelled: true`.
-    Client,
-    /// The server is shutting down: the reply ends with an `unavailable` error.
-    Shutdown,
-}
+pub use crate::domain::CancelReason;
 
 /// The transport's side of a running chat. Dropping `events` (client gone) stops the chat.
 pub struct ChatHandle {

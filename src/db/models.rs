@@ -3,7 +3,6 @@
 use diesel::prelude::*;
 
 use super::schema::{collector_lease, collector_runs, request_log, sessions, usage_rollup, users};
-use crate::actors::metrics::RecordRequest;
 
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
@@ -46,23 +45,6 @@ pub struct RequestRow {
 }
 
 impl RequestRow {
-    pub fn from_record(record: &RecordRequest) -> RequestRow {
-        RequestRow {
-            id: record.id.to_string(),
-            user_id: record.user.to_string(),
-            session_id: record.session.as_ref().map(ToString::to_string),
-            model: record.model.to_string(),
-            started_at: record.started_at_ms,
-            latency_ms: record.latency_ms as i64,
-            tokens_in: record.tokens_in as i64,
-            tokens_out: record.tokens_out as i64,
-            estimated: record.estimated,
-            outcome: record.outcome.as_str().to_string(),
-            // The flusher counts each row into the rollups in the same transaction.
-            rolled_up: true,
-        }
-    }
-
     pub fn is_error(&self) -> bool {
         self.outcome != "ok" && self.outcome != "cancelled"
     }

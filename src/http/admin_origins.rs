@@ -1,16 +1,16 @@
-//! `/admin/origins`: the browser origins allowed to open WebSockets, held by the hub that
-//! checks handshakes, so a change applies to the next handshake.
+//! `/admin/origins`: the browser origins allowed to open WebSockets, held by the `Origins`
+//! actor the handshakes ask, so a change applies to the next handshake.
 
 use actix_web::{get, put, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::actors::ws_hub::{GetOrigins, SetOrigins};
+use crate::actors::origins::{GetOrigins, SetOrigins};
+use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
 use crate::config::is_origin;
 use crate::error::{AppError, ErrorBody};
 use crate::http::openapi::AdminRefusals;
-use crate::startup::AppState;
 
 /// Browser origins (`scheme://host[:port]`, or `*` for all) allowed to open WebSockets besides
 /// the server's own.
@@ -33,10 +33,10 @@ pub async fn get_origins(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let origins = state
-        .hub
+        .origins
         .send(GetOrigins)
         .await
-        .map_err(|e| AppError::unavailable_mailbox("ws_hub", e))?;
+        .map_err(|e| AppError::unavailable_mailbox("origins", e))?;
     Ok(HttpResponse::Ok().json(Origins { origins }))
 }
 
@@ -76,10 +76,10 @@ pub async fn put_origins(
         )));
     }
     let origins = state
-        .hub
+        .origins
         .send(SetOrigins { origins })
         .await
-        .map_err(|e| AppError::unavailable_mailbox("ws_hub", e))?;
+        .map_err(|e| AppError::unavailable_mailbox("origins", e))?;
     log::info!(
         "event=origins_changed admin={} origins={}",
         admin.0.user,

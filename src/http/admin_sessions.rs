@@ -8,12 +8,12 @@ use utoipa::{IntoParams, ToSchema};
 use crate::actors::session_registry::{
     EndSession, GetSessionStats, ListSessions, SessionStats, SessionSummary, StateFilter,
 };
+use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
 use crate::domain::SessionId;
 use crate::error::{AppError, ErrorBody};
 use crate::http::openapi::AdminRefusals;
 use crate::http::pagination::{decode_cursor, page_limit, Page};
-use crate::startup::AppState;
 
 /// Sessions held by this instance, by state.
 #[utoipa::path(

@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::collector::StartCollection;
+use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
 use crate::db::models::CollectorRunRow;
 use crate::db::queries::collector;
 use crate::error::{AppError, ErrorBody};
 use crate::http::openapi::AdminRefusals;
-use crate::startup::AppState;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 1_000;

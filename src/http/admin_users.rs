@@ -5,7 +5,8 @@ use actix_web::{get, put, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::actors::ws_hub::CloseUserConnections;
+use crate::actors::connections::CloseUserConnections;
+use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
 use crate::db::models::UserRow;
 use crate::db::queries::users::{self, UserChange};
@@ -14,7 +15,6 @@ use crate::domain::{QuotaDay, UserId};
 use crate::error::{AppError, ErrorBody};
 use crate::http::openapi::AdminRefusals;
 use crate::http::pagination::{decode_cursor, page_limit, Page};
-use crate::startup::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserView {
@@ -255,7 +255,7 @@ pub async fn put_user(
         row.daily_limit
     );
     if row.disabled {
-        state.hub.do_send(CloseUserConnections {
+        state.connections.do_send(CloseUserConnections {
             user: id,
             code: 1008,
             reason: "user disabled".into(),

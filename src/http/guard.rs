@@ -11,15 +11,9 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 
 use crate::actors::rate_limiter::{Admission, Check, RateLimiter};
+pub use crate::app_state::GuardLimiters;
 use crate::auth::{token_from_request, JwtKeys, Role};
 use crate::error::AppError;
-
-/// The limiters the guard consults; each is its own RateLimiter actor.
-#[derive(Clone)]
-pub struct GuardLimiters {
-    pub admins: Addr<RateLimiter>,
-    pub auth_failures: Addr<RateLimiter>,
-}
 
 /// Routes under the admin limit. The dashboard page itself (`/admin`) needs no token.
 fn is_admin_route(path: &str) -> bool {

@@ -2,8 +2,8 @@ use actix_web::{get, web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::app_state::AppState;
 use crate::error::{AppError, ErrorBody};
-use crate::startup::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {

@@ -4,16 +4,17 @@ use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::actors::connections::GetConnectionCount;
 use crate::actors::db_flusher::GetFlusherStats;
+use crate::actors::live_feed::GetFeedStats;
 use crate::actors::metrics::GetLifetimeCounters;
+use crate::actors::report::{AdminMetrics, HubStats};
 use crate::actors::session_registry::GetSessionStats;
-use crate::actors::ws_hub::GetHubStats;
+use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
 use crate::error::AppError;
+use crate::http::metrics_render::{render, PrometheusSnapshot};
 use crate::http::openapi::AdminRefusals;
-use crate::http::prometheus::Encoder;
-use crate::report::{AdminMetrics, ReportSources};
-use crate::startup::AppState;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -22,15 +23,7 @@ pub struct MetricsQuery {
     recent: Option<usize>,
 }
 
-fn sources(state: &AppState) -> ReportSources {
-    ReportSources {
-        metrics: state.metrics.clone(),
-        registry: state.registry.clone(),
-        flusher: state.flusher.clone(),
-    }
-}
-
-/// A JSON snapshot of usage, sessions, the flusher and the live feed hub.
+/// A JSON snapshot of usage, sessions, the flusher, open connections and the live feed.
 #[utoipa::path(
     tag = "admin",
     security(("bearer_jwt" = [])),
@@ -43,13 +36,14 @@ pub async fn admin_metrics(
     state: web::Data<AppState>,
     query: web::Query<MetricsQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let hub = state
-        .hub
-        .send(GetHubStats)
+    let feed = state
+        .live_feed
+        .send(GetFeedStats)
         .await
-        .map_err(|e| AppError::unavailable_mailbox("ws_hub", e))?;
-    let report = sources(&state)
-        .gather(query.recent.unwrap_or(100).min(1_000), hub)
+        .map_err(|e| AppError::unavailable_mailbox("live_feed", e))?;
+    let report = state
+        .report_sources()
+        .gather(query.recent.unwrap_or(100).min(1_000), feed)
         .await?;
     Ok(HttpResponse::Ok().json(report))
 }
@@ -69,166 +63,24 @@ pub async fn prometheus(
     _admin: AdminIdentity,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let (lifetime, sessions, flusher, hub) = futures_util::future::join4(
+    let (lifetime, sessions, flusher, connections, feed) = futures_util::future::join5(
         state.metrics.send(GetLifetimeCounters),
         state.registry.send(GetSessionStats),
         state.flusher.send(GetFlusherStats),
-        state.hub.send(GetHubStats),
+        state.connections.send(GetConnectionCount),
+        state.live_feed.send(GetFeedStats),
     )
     .await;
-    let lifetime = lifetime.map_err(|e| AppError::unavailable_mailbox("metrics_aggregator", e))?;
-    let sessions = sessions.map_err(|e| AppError::unavailable_mailbox("session_registry", e))?;
-    let flusher = flusher.map_err(|e| AppError::unavailable_mailbox("db_flusher", e))?;
-    let hub = hub.map_err(|e| AppError::unavailable_mailbox("ws_hub", e))?;
-
-    let mut e = Encoder::default();
-    e.family(
-        "chatgate_requests_total",
-        "counter",
-        "Admitted chat requests by model and outcome.",
-    );
-    for (model, stats) in &lifetime.models {
-        let ok = stats.requests - stats.errors - stats.cancelled;
-        e.sample(
-            "chatgate_requests_total",
-            &[("model", model), ("outcome", "ok")],
-            ok as f64,
-        );
-        e.sample(
-            "chatgate_requests_total",
-            &[("model", model), ("outcome", "cancelled")],
-            stats.cancelled as f64,
-        );
-        for (code, n) in &stats.errors_by_code {
-            e.sample(
-                "chatgate_requests_total",
-                &[("model", model), ("outcome", code.as_str())],
-                *n as f64,
-            );
-        }
-    }
-    e.family(
-        "chatgate_tokens_total",
-        "counter",
-        "Tokens by model and direction.",
-    );
-    for (model, stats) in &lifetime.models {
-        e.sample(
-            "chatgate_tokens_total",
-            &[("model", model), ("direction", "in")],
-            stats.tokens_in as f64,
-        );
-        e.sample(
-            "chatgate_tokens_total",
-            &[("model", model), ("direction", "out")],
-            stats.tokens_out as f64,
-        );
-    }
-    e.family(
-        "chatgate_request_duration_seconds",
-        "histogram",
-        "Time from a chat's arrival to its last frame.",
-    );
-    for (model, stats) in &lifetime.models {
-        let buckets: Vec<(f64, u64)> = stats
-            .latency
-            .cumulative_at_powers_of_two()
-            .into_iter()
-            .map(|(edge_ms, cumulative)| (edge_ms as f64 / 1000.0, cumulative))
-            .collect();
-        let sum = stats.latency_sum_ms as f64 / 1000.0;
-        e.histogram(
-            "chatgate_request_duration_seconds",
-            &[("model", model)],
-            &buckets,
-            sum,
-            stats.latency.count(),
-        );
-    }
-    e.family(
-        "chatgate_rejected_total",
-        "counter",
-        "Chats refused at admission, by error code.",
-    );
-    for (code, n) in &lifetime.rejected {
-        e.sample(
-            "chatgate_rejected_total",
-            &[("code", code.as_str())],
-            *n as f64,
-        );
-    }
-    e.family(
-        "chatgate_sessions",
-        "gauge",
-        "Chat sessions held by this instance.",
-    );
-    e.sample(
-        "chatgate_sessions",
-        &[("state", "active")],
-        sessions.active as f64,
-    );
-    e.sample(
-        "chatgate_sessions",
-        &[("state", "inactive")],
-        sessions.inactive as f64,
-    );
-    e.family(
-        "chatgate_websocket_connections",
-        "gauge",
-        "Open chat WebSocket connections.",
-    );
-    e.sample(
-        "chatgate_websocket_connections",
-        &[],
-        hub.connections as f64,
-    );
-    e.family(
-        "chatgate_feed_subscribers",
-        "gauge",
-        "Admins subscribed to the live metrics feed.",
-    );
-    e.sample("chatgate_feed_subscribers", &[], hub.subscribers as f64);
-    e.family(
-        "chatgate_flusher_buffered_rows",
-        "gauge",
-        "Rows waiting to be written to the database.",
-    );
-    e.sample(
-        "chatgate_flusher_buffered_rows",
-        &[],
-        flusher.buffered as f64,
-    );
-    e.family(
-        "chatgate_flusher_written_rows_total",
-        "counter",
-        "Rows written to the database.",
-    );
-    e.sample(
-        "chatgate_flusher_written_rows_total",
-        &[],
-        flusher.written as f64,
-    );
-    e.family(
-        "chatgate_flusher_dropped_rows_total",
-        "counter",
-        "Raw request rows dropped because the buffer was full.",
-    );
-    e.sample(
-        "chatgate_flusher_dropped_rows_total",
-        &[],
-        flusher.dropped as f64,
-    );
-    e.family(
-        "chatgate_flusher_retries_total",
-        "counter",
-        "Batch writes retried after a transient database failure.",
-    );
-    e.sample(
-        "chatgate_flusher_retries_total",
-        &[],
-        flusher.retries as f64,
-    );
+    let snapshot = PrometheusSnapshot {
+        lifetime: lifetime.map_err(|e| AppError::unavailable_mailbox("metrics_aggregator", e))?,
+        sessions: sessions.map_err(|e| AppError::unavailable_mailbox("session_registry", e))?,
+        flusher: flusher.map_err(|e| AppError::unavailable_mailbox("db_flusher", e))?,
+        hub: HubStats::new(
+            connections.map_err(|e| AppError::unavailable_mailbox("connections", e))?,
+            feed.map_err(|e| AppError::unavailable_mailbox("live_feed", e))?,
+        ),
+    };
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(e.finish()))
+        .body(render(&snapshot)))
 }

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod guard;
 pub mod health;
 pub mod metrics;
+pub mod metrics_render;
 pub mod openai;
 pub mod openapi;
 pub mod pagination;
@@ -56,6 +57,6 @@ routes! {
     admin_usage::list_runs,
     metrics::admin_metrics,
     metrics::prometheus,
-    crate::ws::connection::admin_feed_handshake,
-    crate::ws::connection::handshake,
+    crate::ws::admin_feed::admin_feed_handshake,
+    crate::ws::chat::handshake::handshake,
 }

@@ -171,29 +171,8 @@ pub enum ChatRefusals {
     UpstreamTimeout(ErrorBody),
 }
 
-/// Refusals any admin route can answer with.
-#[derive(IntoResponses)]
-pub enum AdminRefusals {
-    /// `unauthorized`: no token, or an invalid or expired one.
-    #[response(status = 401)]
-    Unauthorized(ErrorBody),
-    /// `forbidden`: the token's role is not `admin`.
-    #[response(status = 403)]
-    Forbidden(ErrorBody),
-    /// `rate_limited`: this admin's request budget (`CHATGATE_ADMIN_RATE_LIMIT` per window) is
-    /// spent, or too many failed token attempts came from this address.
-    #[response(
-        status = 429,
-        headers(("Retry-After" = u64, description = "Seconds to wait, at least 1"))
-    )]
-    RateLimited(ErrorBody),
-    /// `internal`: the server log has the details.
-    #[response(status = 500)]
-    Internal(ErrorBody),
-    /// `unavailable`: the database or an internal actor is not answering; try again.
-    #[response(status = 503)]
-    Unavailable(ErrorBody),
-}
+/// Lives with the error body so the WebSocket handshakes (below `http`) can name it too.
+pub use crate::error::AdminRefusals;
 
 /// This document, generated from the code at each request (it is small and rarely asked for).
 #[utoipa::path(

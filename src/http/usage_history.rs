@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::history_cache::{GetCached, PutCached};
+use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
 use crate::db::queries::history::{self, HistoryQuery, HistoryRow};
 use crate::error::{AppError, ErrorBody};
 use crate::http::openapi::AdminRefusals;
 use crate::http::pagination::{decode_cursor, encode_cursor, page_limit};
-use crate::startup::AppState;
 
 #[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

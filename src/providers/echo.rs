@@ -10,7 +10,7 @@ use futures_util::Stream;
 use tokio::time::Sleep;
 
 use super::{Provider, ProviderEvent, ProviderStream, Usage};
-use crate::chat::message::{count_words, ChatMessage, ChatRole};
+use crate::domain::message::{count_words, ChatMessage, ChatRole};
 use crate::error::AppError;
 
 pub struct EchoProvider {

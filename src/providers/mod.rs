@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use futures_util::Stream;
 
-use crate::chat::message::ChatMessage;
 use crate::config::{ModelSettings, ProviderKind, Settings};
+use crate::domain::message::ChatMessage;
 use crate::error::AppError;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

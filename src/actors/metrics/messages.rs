@@ -4,6 +4,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::state::{LifetimeCounters, MetricsSnapshot};
+use crate::db::models::RequestRow;
 use crate::domain::{SessionId, UserId};
 use crate::error::ErrorCode;
 
@@ -64,3 +65,24 @@ pub struct GetMetricsSnapshot {
 #[derive(Message)]
 #[rtype(result = "LifetimeCounters")]
 pub struct GetLifetimeCounters;
+
+/// The stored form of a request record; written here so the database layer needs nothing
+/// from the actors.
+impl RequestRow {
+    pub fn from_record(record: &RecordRequest) -> RequestRow {
+        RequestRow {
+            id: record.id.to_string(),
+            user_id: record.user.to_string(),
+            session_id: record.session.as_ref().map(ToString::to_string),
+            model: record.model.to_string(),
+            started_at: record.started_at_ms,
+            latency_ms: record.latency_ms as i64,
+            tokens_in: record.tokens_in as i64,
+            tokens_out: record.tokens_out as i64,
+            estimated: record.estimated,
+            outcome: record.outcome.as_str().to_string(),
+            // The flusher counts each row into the rollups in the same transaction.
+            rolled_up: true,
+        }
+    }
+}

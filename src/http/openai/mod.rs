@@ -13,11 +13,11 @@ use utoipa::ToSchema;
 use self::reply::ChatEvents;
 use self::request::CompletionRequest;
 use self::shapes::{Chunk, Completion, ReplyMeta};
+use crate::app_state::AppState;
 use crate::auth::UserIdentity;
 use crate::chat::{ChatRequest, HistorySource};
 use crate::error::AppError;
 use crate::http::openapi::{ChatRefusals, UserRefusals};
-use crate::startup::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct ModelObject<'a> {

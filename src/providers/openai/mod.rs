@@ -26,8 +26,8 @@ use self::chunks::ChunkDecoder;
 use self::retry::{AttemptFailure, Retry, RetryPolicy};
 use super::sse::SseParser;
 use super::{Provider, ProviderEvent, ProviderStream};
-use crate::chat::message::ChatMessage;
 use crate::config::{ModelSettings, Secret};
+use crate::domain::message::ChatMessage;
 use crate::error::AppError;
 
 /// How much of a non-2xx body is read to classify it.

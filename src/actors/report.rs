@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use actix::Addr;
 use serde::Serialize;
 
-use crate::actors::db_flusher::{DbFlusher, FlusherStats, GetFlusherStats};
-use crate::actors::metrics::state::RecentRequest;
-use crate::actors::metrics::{GetMetricsSnapshot, MetricsAggregator, Windows};
-use crate::actors::session_registry::{GetSessionStats, SessionRegistry, SessionStats};
-use crate::actors::ws_hub::HubStats;
+use super::connections::{Connections, GetConnectionCount};
+use super::db_flusher::{DbFlusher, FlusherStats, GetFlusherStats};
+use super::live_feed::FeedStats;
+use super::metrics::state::RecentRequest;
+use super::metrics::{GetMetricsSnapshot, MetricsAggregator, Windows};
+use super::session_registry::{GetSessionStats, SessionRegistry, SessionStats};
 use crate::error::AppError;
 
 /// Every window is `{minute, hour, day}`; `models` is keyed by model name, `rejected` by the
@@ -27,12 +28,35 @@ pub struct AdminMetrics {
     pub generated_at_ms: i64,
 }
 
-/// The actors a report is gathered from (the hub adds its own numbers).
+/// The open connections and the live feed, reported together as `hub`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct HubStats {
+    pub connections: usize,
+    pub subscribers: usize,
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+    pub subscribers_dropped: u64,
+}
+
+impl HubStats {
+    pub fn new(connections: usize, feed: FeedStats) -> HubStats {
+        HubStats {
+            connections,
+            subscribers: feed.subscribers,
+            frames_sent: feed.frames_sent,
+            frames_dropped: feed.frames_dropped,
+            subscribers_dropped: feed.subscribers_dropped,
+        }
+    }
+}
+
+/// The actors a report is gathered from (the live feed adds its own numbers).
 #[derive(Clone)]
 pub struct ReportSources {
     pub metrics: Addr<MetricsAggregator>,
     pub registry: Addr<SessionRegistry>,
     pub flusher: Addr<DbFlusher>,
+    pub connections: Addr<Connections>,
 }
 
 impl ReportSources {
@@ -40,14 +64,17 @@ impl ReportSources {
     pub async fn gather(
         &self,
         recent_limit: usize,
-        hub: HubStats,
+        feed: FeedStats,
     ) -> Result<AdminMetrics, AppError> {
-        let (metrics, sessions, flusher) = futures_util::future::join3(
+        let (metrics, sessions, flusher, connections) = futures_util::future::join4(
             self.metrics.send(GetMetricsSnapshot { recent_limit }),
             self.registry.send(GetSessionStats),
             self.flusher.send(GetFlusherStats),
+            self.connections.send(GetConnectionCount),
         )
         .await;
+        let connections =
+            connections.map_err(|e| AppError::unavailable_mailbox("connections", e))?;
         let metrics =
             metrics.map_err(|e| AppError::unavailable_mailbox("metrics_aggregator", e))?;
         Ok(AdminMetrics {
@@ -55,7 +82,7 @@ impl ReportSources {
             models: metrics.models,
             sessions: sessions.map_err(|e| AppError::unavailable_mailbox("session_registry", e))?,
             flusher: flusher.map_err(|e| AppError::unavailable_mailbox("db_flusher", e))?,
-            hub,
+            hub: HubStats::new(connections, feed),
             rejected: metrics.rejected,
             recent: metrics.recent,
             generated_at_ms: chrono::Utc::now().timestamp_millis(),

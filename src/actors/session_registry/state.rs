@@ -1,6 +1,5 @@
-//! Chat sessions: who owns each, its bounded history (what the model sees), recent response
-//! times, and whether a connection is attached. Ended sessions stay resumable for the TTL,
-//! then a timer drops them. Every change of a session's row goes to the DB flusher.
+//! The sessions themselves and every rule about them, with no actix types beyond the
+//! connection handle they hold: tested directly.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -8,108 +7,16 @@ use std::time::Duration;
 
 use actix::clock::Instant;
 use actix::prelude::*;
-use serde::Serialize;
 
-use crate::actors::db_flusher::{DbFlusher, EnqueueSession};
-use crate::chat::message::ChatMessage;
+use super::messages::{SessionOpened, SessionStats, SessionSummary, StateFilter};
+use crate::actors::connections::CloseConnection;
 use crate::db::models::SessionRow;
+use crate::domain::message::ChatMessage;
 use crate::domain::{SessionId, UserId};
 use crate::error::AppError;
-use crate::ws::connection::CloseConnection;
-
-/// A sweep that frees at least this many sessions (and, before it, their connections)
-/// gives the freed memory back to the OS.
-const TRIM_AFTER_EVICTIONS: usize = 100;
 
 /// How many response times a session keeps for its average.
 const RESPONSE_WINDOW: usize = 100;
-
-#[derive(Message)]
-#[rtype(result = "SessionOpened")]
-pub struct OpenSession {
-    pub user: UserId,
-    pub resume: Option<SessionId>,
-    pub conn_id: u64,
-    pub connection: Recipient<CloseConnection>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionOpened {
-    pub id: SessionId,
-    pub resumed: bool,
-}
-
-/// The connection went away; the session becomes inactive (resumable).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DetachSession {
-    pub id: SessionId,
-    pub conn_id: u64,
-}
-
-/// Adds the user's message and returns the history the model should see.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<ChatMessage>, AppError>")]
-pub struct AppendUserMessage {
-    pub id: SessionId,
-    pub content: Arc<str>,
-}
-
-/// A reply finished normally: it joins the history and its response time is counted.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RecordReply {
-    pub id: SessionId,
-    pub content: Arc<str>,
-    pub latency_ms: u64,
-}
-
-/// Ends a session now (admin); its connection is closed with 1008.
-#[derive(Message)]
-#[rtype(result = "Result<(), AppError>")]
-pub struct EndSession {
-    pub id: SessionId,
-}
-
-#[derive(Message)]
-#[rtype(result = "SessionStats")]
-pub struct GetSessionStats;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum StateFilter {
-    Active,
-    Inactive,
-    All,
-}
-
-/// A page of sessions, newest first, strictly after `after` = (started_at_ms, id) of the last
-/// item of the previous page, so pages stay stable while sessions come and go.
-#[derive(Message)]
-#[rtype(result = "Vec<SessionSummary>")]
-pub struct ListSessions {
-    pub filter: StateFilter,
-    pub after: Option<(i64, String)>,
-    pub limit: usize,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SessionSummary {
-    pub id: String,
-    pub user: String,
-    pub active: bool,
-    pub started_at_ms: i64,
-    pub ended_at_ms: Option<i64>,
-    pub messages: i64,
-    pub avg_response_ms: Option<i64>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct SessionStats {
-    pub active: usize,
-    pub inactive: usize,
-    pub total: usize,
-}
 
 #[derive(Clone, Debug)]
 pub struct HistoryLimits {
@@ -367,152 +274,6 @@ impl RegistryState {
             inactive: self.sessions.len() - self.active,
             total: self.sessions.len(),
         }
-    }
-}
-
-pub struct SessionRegistry {
-    state: RegistryState,
-    cleanup_every: Duration,
-    flusher: Addr<DbFlusher>,
-}
-
-impl SessionRegistry {
-    pub fn new(
-        limits: HistoryLimits,
-        ttl: Duration,
-        cleanup_every: Duration,
-        flusher: Addr<DbFlusher>,
-    ) -> Self {
-        SessionRegistry {
-            state: RegistryState::new(limits, ttl),
-            cleanup_every,
-            flusher,
-        }
-    }
-
-    fn persist(&self, row: SessionRow) {
-        // The flusher's buffer is bounded and counts what it drops; a full mailbox must not
-        // stall chats, so this never waits.
-        self.flusher.do_send(EnqueueSession { row });
-    }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-impl Actor for SessionRegistry {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(16_384);
-        ctx.run_interval(self.cleanup_every, |act, _| {
-            let evicted = act.state.evict_expired(Instant::now());
-            if evicted >= TRIM_AFTER_EVICTIONS {
-                // Maps keep their peak capacity; after a crowd leaves, give it back too.
-                act.state.shrink();
-                crate::memory::release_free_memory();
-            }
-            let stats = act.state.stats();
-            log::info!(
-                "event=session_cleanup evicted={evicted} active={} inactive={}",
-                stats.active,
-                stats.inactive
-            );
-        });
-        log::info!("event=actor_started actor=session_registry");
-    }
-}
-
-impl Handler<OpenSession> for SessionRegistry {
-    type Result = MessageResult<OpenSession>;
-
-    fn handle(&mut self, msg: OpenSession, _: &mut Context<Self>) -> Self::Result {
-        let (opened, previous, row) = self.state.open(
-            msg.user,
-            msg.resume,
-            (msg.conn_id, msg.connection),
-            now_ms(),
-        );
-        if let Some(previous) = previous {
-            previous.do_send(CloseConnection {
-                code: 1008,
-                reason: "session resumed by another connection".into(),
-                cancel_replies: None,
-            });
-        }
-        self.persist(row);
-        MessageResult(opened)
-    }
-}
-
-impl Handler<DetachSession> for SessionRegistry {
-    type Result = ();
-
-    fn handle(&mut self, msg: DetachSession, _: &mut Context<Self>) {
-        if let Some(row) = self
-            .state
-            .detach(&msg.id, msg.conn_id, Instant::now(), now_ms())
-        {
-            self.persist(row);
-        }
-    }
-}
-
-impl Handler<AppendUserMessage> for SessionRegistry {
-    type Result = Result<Vec<ChatMessage>, AppError>;
-
-    fn handle(&mut self, msg: AppendUserMessage, _: &mut Context<Self>) -> Self::Result {
-        self.state.append_user(&msg.id, msg.content)
-    }
-}
-
-impl Handler<RecordReply> for SessionRegistry {
-    type Result = ();
-
-    fn handle(&mut self, msg: RecordReply, _: &mut Context<Self>) {
-        if let Some(row) = self
-            .state
-            .record_reply(&msg.id, msg.content, msg.latency_ms)
-        {
-            self.persist(row);
-        }
-    }
-}
-
-impl Handler<EndSession> for SessionRegistry {
-    type Result = Result<(), AppError>;
-
-    fn handle(&mut self, msg: EndSession, _: &mut Context<Self>) -> Self::Result {
-        let (connection, row) = self
-            .state
-            .end(&msg.id, now_ms())
-            .ok_or_else(|| AppError::NotFound(format!("no session {}", msg.id)))?;
-        if let Some(connection) = connection {
-            connection.do_send(CloseConnection {
-                code: 1008,
-                reason: "session ended by an administrator".into(),
-                cancel_replies: None,
-            });
-        }
-        self.persist(row);
-        Ok(())
-    }
-}
-
-impl Handler<ListSessions> for SessionRegistry {
-    type Result = MessageResult<ListSessions>;
-
-    fn handle(&mut self, msg: ListSessions, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.list(msg.filter, msg.after.as_ref(), msg.limit))
-    }
-}
-
-impl Handler<GetSessionStats> for SessionRegistry {
-    type Result = MessageResult<GetSessionStats>;
-
-    fn handle(&mut self, _: GetSessionStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.stats())
     }
 }
 

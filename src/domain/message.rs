@@ -1,3 +1,5 @@
+//! One message of a conversation as the pipeline and the providers see it.
+
 use std::sync::Arc;
 
 use serde::Serialize;

@@ -1,0 +1,98 @@
+//! The registry's protocol: what connections, the pipeline and admins ask of it.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::actors::connections::CloseConnection;
+use crate::domain::message::ChatMessage;
+use crate::domain::{SessionId, UserId};
+use crate::error::AppError;
+
+#[derive(Message)]
+#[rtype(result = "SessionOpened")]
+pub struct OpenSession {
+    pub user: UserId,
+    pub resume: Option<SessionId>,
+    pub conn_id: u64,
+    pub connection: Recipient<CloseConnection>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionOpened {
+    pub id: SessionId,
+    pub resumed: bool,
+}
+
+/// The connection went away; the session becomes inactive (resumable).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DetachSession {
+    pub id: SessionId,
+    pub conn_id: u64,
+}
+
+/// Adds the user's message and returns the history the model should see.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ChatMessage>, AppError>")]
+pub struct AppendUserMessage {
+    pub id: SessionId,
+    pub content: Arc<str>,
+}
+
+/// A reply finished normally: it joins the history and its response time is counted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordReply {
+    pub id: SessionId,
+    pub content: Arc<str>,
+    pub latency_ms: u64,
+}
+
+/// Ends a session now (admin); its connection is closed with 1008.
+#[derive(Message)]
+#[rtype(result = "Result<(), AppError>")]
+pub struct EndSession {
+    pub id: SessionId,
+}
+
+#[derive(Message)]
+#[rtype(result = "SessionStats")]
+pub struct GetSessionStats;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StateFilter {
+    Active,
+    Inactive,
+    All,
+}
+
+/// A page of sessions, newest first, strictly after `after` = (started_at_ms, id) of the last
+/// item of the previous page, so pages stay stable while sessions come and go.
+#[derive(Message)]
+#[rtype(result = "Vec<SessionSummary>")]
+pub struct ListSessions {
+    pub filter: StateFilter,
+    pub after: Option<(i64, String)>,
+    pub limit: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionSummary {
+    pub id: String,
+    pub user: String,
+    pub active: bool,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub messages: i64,
+    pub avg_response_ms: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SessionStats {
+    pub active: usize,
+    pub inactive: usize,
+    pub total: usize,
+}

@@ -1,0 +1,71 @@
+//! What handlers share: immutable settings and actor addresses. Nothing in here is locked;
+//! all mutable state lives inside the actors. It sits above the chat pipeline and below the
+//! transports (ws, http), which read it; startup builds it.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use tokio::sync::watch;
+
+use crate::actors::collector::Collector;
+use crate::actors::connections::Connections;
+use crate::actors::db_flusher::DbFlusher;
+use crate::actors::history_cache::HistoryCache;
+use crate::actors::live_feed::LiveFeed;
+use crate::actors::metrics::MetricsAggregator;
+use crate::actors::origins::Origins;
+use crate::actors::quota_keeper::QuotaKeeper;
+use crate::actors::rate_limiter::RateLimiter;
+use crate::actors::report::ReportSources;
+use crate::actors::session_registry::SessionRegistry;
+use crate::auth::JwtKeys;
+use crate::chat::ChatPipeline;
+use crate::config::Settings;
+use crate::db::DbPool;
+
+/// Limits for live-feed subscribers, from the settings.
+#[derive(Clone, Debug)]
+pub struct FeedLimits {
+    pub max_backlog_bytes: u64,
+    pub max_consecutive_drops: u32,
+}
+
+/// The limiters the request guard consults; each is its own RateLimiter actor.
+#[derive(Clone)]
+pub struct GuardLimiters {
+    pub admins: Addr<RateLimiter>,
+    pub auth_failures: Addr<RateLimiter>,
+}
+
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: DbPool,
+    pub jwt: JwtKeys,
+    pub pipeline: Arc<ChatPipeline>,
+    pub registry: Addr<SessionRegistry>,
+    pub connections: Addr<Connections>,
+    pub origins: Addr<Origins>,
+    pub live_feed: Addr<LiveFeed>,
+    pub quota: Addr<QuotaKeeper>,
+    pub flusher: Addr<DbFlusher>,
+    pub metrics: Addr<MetricsAggregator>,
+    pub user_limiter: Addr<RateLimiter>,
+    pub guard: GuardLimiters,
+    pub history_cache: Addr<HistoryCache>,
+    pub feed: FeedLimits,
+    /// Turns true when shutdown starts; streamed HTTP replies end with `unavailable` then.
+    pub shutdown: watch::Receiver<bool>,
+    pub collector: Addr<Collector>,
+}
+
+impl AppState {
+    /// The actors an `/admin/metrics` report is gathered from.
+    pub fn report_sources(&self) -> ReportSources {
+        ReportSources {
+            metrics: self.metrics.clone(),
+            registry: self.registry.clone(),
+            flusher: self.flusher.clone(),
+            connections: self.connections.clone(),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! `GET /ws`: authentication, origin and user checks, then the upgrade to a `WsConnection`.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::clock::Instant;
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::{ConnectionSettings, WsConnection, CHAT_MAX_BACKLOG_BYTES};
+use crate::actors::origins::CheckOrigin;
+use crate::actors::quota_keeper::EnsureUser;
+use crate::app_state::AppState;
+use crate::auth::authenticate;
+use crate::domain::{SessionId, UserId};
+use crate::error::{AppError, ErrorBody};
+use crate::ws::transport::start_counted;
+
+#[derive(Deserialize)]
+struct HandshakeQuery {
+    session_id: Option<String>,
+}
+
+/// `GET /ws`: authenticates and checks the origin before upgrading, so refusals are plain
+/// HTTP errors (401, 403) with the JSON body.
+#[utoipa::path(
+    tag = "chat",
+    description = "The chat WebSocket (protocol in the README: `chat`, `cancel`, `ping` frames \
+        in; `session`, `delta`, `done`, `error`, `pong` frames out). Authenticated and \
+        origin-checked before the upgrade; the token may be the `token` query parameter, \
+        since browsers cannot set headers on a WebSocket handshake.",
+    security(("token_query" = []), ("bearer_jwt" = [])),
+    params(
+        ("session_id" = Option<String>, Query,
+            description = "Resume this ended session of the same user (within the session TTL)"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open; its first \
+            frame is `{\"type\":\"session\",\"session_id\",\"resumed\"}`"),
+        (status = 400, description = "`bad_request`: not a WebSocket handshake, or a bad \
+            `session_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, or an invalid or expired one",
+            body = ErrorBody),
+        (status = 403, description = "`forbidden`: the `Origin` is not allowed, or the user is \
+            disabled", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed token attempts from this \
+            address", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, at least 1"))),
+        (status = 500, description = "`internal`: the server log has the details", body = ErrorBody),
+        (status = 503, description = "`unavailable`: shutting down, or the database or an \
+            internal actor is not answering", body = ErrorBody),
+    )
+)]
+#[get("/ws")]
+pub async fn handshake(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let identity = authenticate(&req)?;
+    check_origin(&req, &state, &identity.user).await?;
+    let resume = resume_of(&req)?;
+    let user_row = state
+        .quota
+        .send(EnsureUser {
+            user: identity.user.clone(),
+        })
+        .await
+        .map_err(|err| AppError::unavailable_mailbox("quota_keeper", err))??;
+    if user_row.disabled {
+        return Err(AppError::Forbidden("this user is disabled".into()));
+    }
+    let max_frame_bytes = state.settings.server.max_frame_bytes;
+    let consumed = Arc::new(AtomicU64::new(0));
+    let connection = WsConnection::new(identity.user, resume, &state, consumed.clone());
+    start_counted(connection, &req, payload, max_frame_bytes, consumed)
+}
+
+/// Refuses a browser page whose origin may not open WebSockets here.
+async fn check_origin(req: &HttpRequest, state: &AppState, user: &UserId) -> Result<(), AppError> {
+    let origin = req
+        .headers()
+        .get(actix_web::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let own_origin = {
+        let info = req.connection_info();
+        format!("{}://{}", info.scheme(), info.host())
+    };
+    let allowed = state
+        .origins
+        .send(CheckOrigin {
+            origin: origin.clone(),
+            own_origin,
+        })
+        .await
+        .map_err(|err| AppError::unavailable_mailbox("origins", err))?;
+    if allowed {
+        return Ok(());
+    }
+    log::info!("event=ws_origin_refused user={user} origin={origin:?}");
+    Err(AppError::Forbidden(
+        "this origin may not open WebSockets here".into(),
+    ))
+}
+
+/// The session to resume, from `?session_id=` (empty means none).
+fn resume_of(req: &HttpRequest) -> Result<Option<SessionId>, AppError> {
+    let query = web::Query::<HandshakeQuery>::from_query(req.query_string())
+        .map_err(|err| AppError::BadRequest(format!("invalid query: {err}")))?;
+    match query.into_inner().session_id.filter(|s| !s.is_empty()) {
+        Some(raw) => SessionId::parse(&raw)
+            .map(Some)
+            .map_err(|err| AppError::BadRequest(err.to_string())),
+        None => Ok(None),
+    }
+}
+
+impl WsConnection {
+    fn new(
+        user: UserId,
+        resume: Option<SessionId>,
+        state: &AppState,
+        consumed: Arc<AtomicU64>,
+    ) -> WsConnection {
+        let settings = &state.settings;
+        WsConnection {
+            conn_id: rand::random(),
+            user,
+            resume,
+            session: None,
+            pipeline: state.pipeline.clone(),
+            registry: state.registry.clone(),
+            connections: state.connections.clone(),
+            settings: ConnectionSettings {
+                heartbeat: Duration::from_secs(settings.timers.heartbeat_secs),
+                client_timeout: Duration::from_secs(settings.timers.client_timeout_secs),
+                max_frame_bytes: settings.server.max_frame_bytes,
+                max_backlog_bytes: CHAT_MAX_BACKLOG_BYTES,
+            },
+            last_heard: Instant::now(),
+            running: HashMap::new(),
+            fragments: None,
+            closing: None,
+            produced: 0,
+            consumed,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Transport pieces both sockets share: counting what the client has not read yet (the
+//! backlog), the upgrade that installs that count, and a handle that shuts a socket down
+//! from outside its actor.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws::{self, ProtocolError};
+
+use crate::actors::live_feed::SocketCutOff;
+use crate::error::AppError;
+
+/// Upgrades to a WebSocket served by `actor`, returning the response and the counter of
+/// bytes the HTTP layer has taken from the actor's outgoing stream.
+pub(super) fn start_counted<A>(
+    actor: A,
+    req: &HttpRequest,
+    payload: web::Payload,
+    max_frame_bytes: usize,
+    consumed: Arc<AtomicU64>,
+) -> Result<HttpResponse, AppError>
+where
+    A: Actor<Context = ws::WebsocketContext<A>> + StreamHandler<Result<ws::Message, ProtocolError>>,
+{
+    let mut response = ws::handshake(req)
+        .map_err(|err| AppError::BadRequest(format!("websocket handshake failed: {err}")))?;
+    let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
+    let body = CountingBody {
+        inner: Box::pin(ws::WebsocketContext::with_codec(actor, payload, codec)),
+        consumed,
+    };
+    Ok(response.streaming(body))
+}
+
+/// Bytes a server text frame of `payload` bytes takes on the wire (servers do not mask). Must
+/// be exact: `produced - consumed` is compared against a limit, and any per-frame error
+/// accumulates over a long-lived connection.
+pub(super) fn wire_len(payload: usize) -> u64 {
+    let header = match payload {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    };
+    (payload + header) as u64
+}
+
+/// Counts what the HTTP layer takes from a WebSocket's outgoing stream. It only takes more
+/// while the socket drains, so `produced - consumed` is what waits in memory because the
+/// client is not reading.
+struct CountingBody<S> {
+    inner: std::pin::Pin<Box<S>>,
+    consumed: Arc<AtomicU64>,
+}
+
+impl<S> futures_util::Stream for CountingBody<S>
+where
+    S: futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>>,
+{
+    type Item = Result<web::Bytes, actix_web::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(bytes))) = &polled {
+            self.consumed
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+/// The descriptor of the TCP connection a request arrived on (recorded at accept).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionFd(pub std::os::fd::RawFd);
+
+/// A handle that can shut a connection's socket down from outside. A WebSocket actor whose
+/// client stops reading is frozen (actix runs it only while the socket drains), so it cannot
+/// close itself; shutting the socket makes the pending write fail and frees everything.
+#[derive(Debug)]
+pub struct SocketShutdown(socket2::Socket);
+
+impl SocketShutdown {
+    /// Duplicates the descriptor of the connection `req` arrived on.
+    pub(super) fn of_request(req: &HttpRequest) -> Option<SocketShutdown> {
+        let ConnectionFd(fd) = *req.conn_data::<ConnectionFd>()?;
+        // SAFETY: `fd` is the socket of the connection this request is being handled on; the
+        // connection stays open at least until its handler returns, so the number cannot name
+        // another file here. The duplicate we keep owns its own reference to the socket.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        borrowed
+            .try_clone_to_owned()
+            .ok()
+            .map(|owned| SocketShutdown(socket2::Socket::from(owned)))
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl SocketCutOff for SocketShutdown {
+    fn cut_off(&self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_codec::Encoder;
+    use actix_http::ws::{Codec, Message};
+    use actix_web::web::BytesMut;
+
+    /// The accounting must match what the codec really writes, or a busy reader would slowly
+    /// look like a stalled one.
+    #[test]
+    fn wire_len_matches_the_encoded_frame() {
+        for size in [0, 1, 125, 126, 1000, 65_535, 65_536, 200_000] {
+            let mut buf = BytesMut::new();
+            Codec::new()
+                .encode(Message::Text("x".repeat(size).into()), &mut buf)
+                .expect("encode");
+            assert_eq!(wire_len(size), buf.len() as u64, "payload {size}");
+        }
+    }
+}
