@@ -25,8 +25,12 @@ RUN sh /usr/local/bin/stub-cargo-targets Cargo.toml \
 FROM deps AS build
 COPY src ./src
 COPY migrations ./migrations
-# Make cargo see the real sources as newer than the stub build.
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin chatgate
+# Make cargo see the real sources as newer than the stub build. The release profile strips
+# debug info (Cargo.toml); the check stops a build that would ship it anyway.
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin chatgate \
+    && if readelf -S target/release/chatgate | grep -q '\.debug_'; then \
+         echo "target/release/chatgate still has debug sections" >&2; exit 1; \
+       fi
 
 FROM debian:bookworm-slim AS runtime
 ARG VERSION=dev

@@ -233,10 +233,25 @@ function render(frame) {
   $('#generated').textContent = `updated ${clock(frame.generated_at_ms)}`;
 }
 
+// Chats refused at admission (`rate_limited`, `quota_exceeded`, …) never reach a model, so the
+// windows leave them out, and `rejected` counts them since the server started: their rate is
+// how much that count grew across the frames of the last minute.
+const refusals = [];
+function refusalRate(frame) {
+  const t = frame.generated_at_ms;
+  const n = Object.values(frame.rejected || {}).reduce((sum, v) => sum + v, 0);
+  // A smaller count means a restarted server: start over from this frame.
+  if (refusals.length && n < refusals[refusals.length - 1].n) refusals.length = 0;
+  refusals.push({ t, n });
+  while (refusals.length > 1 && refusals[0].t < t - 60000) refusals.shift();
+  const first = refusals[0];
+  return t > first.t ? (n - first.n) / ((t - first.t) / 1000) : 0;
+}
+
 function renderTotals(frame) {
   const minute = frame.totals.minute;
   $('#t-rps').textContent = rate(minute.requests / 60);
-  $('#t-eps').textContent = rate(minute.errors / 60);
+  $('#t-eps').textContent = rate(minute.errors / 60 + refusalRate(frame));
   $('#t-tps').textContent = rate((minute.tokens_in + minute.tokens_out) / 60);
   $('#t-conns').textContent = num(frame.hub.connections);
   $('#t-active').textContent = num(frame.sessions.active);

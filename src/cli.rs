@@ -13,6 +13,8 @@ use crate::db::{self, DatabaseUrl, DbPool};
 use crate::logging;
 use crate::startup::{self, Application};
 
+mod dev;
+
 #[derive(Debug, Parser)]
 #[command(name = "chatgate", version, about = "Real-time LLM chat gateway")]
 pub struct Cli {
@@ -24,7 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (applies pending migrations first).
     Serve {
-        /// Development mode: random JWT secret if none is set, prints ready tokens.
+        /// Development mode: random JWT secret (in a 0600 file) if none is set, prints ready
+        /// tokens, lifts the user rate limit and daily quota unless configured.
         #[arg(long)]
         dev: bool,
     },
@@ -111,9 +114,20 @@ fn serve(dev: bool) -> ExitCode {
         Err(code) => return code,
     };
     logging::init(settings.log_filter.as_deref());
-    if dev && settings.auth.jwt_secret.is_none() {
-        let secret = Alphanumeric.sample_string(&mut rand::rng(), 48);
-        settings.auth.jwt_secret = Some(Secret::new(secret));
+    let mut dev_mode = None;
+    if dev {
+        let mut secret_file = None;
+        if settings.auth.jwt_secret.is_none() {
+            let secret = Alphanumeric.sample_string(&mut rand::rng(), 48);
+            match dev::DevSecretFile::create(&std::env::temp_dir(), &secret) {
+                Ok(file) => secret_file = Some(file),
+                // Dev mode still works; only minting more tokens from the shell does not.
+                Err(err) => log::warn!("event=dev_secret_file_failed error={err}"),
+            }
+            settings.auth.jwt_secret = Some(Secret::new(secret));
+        }
+        let limits = dev::lift_user_limits(&mut settings, &process_env);
+        dev_mode = Some((secret_file, limits));
     }
     log::info!(
         "event=config_loaded settings={}",
@@ -122,10 +136,12 @@ fn serve(dev: bool) -> ExitCode {
     let system = actix_web::rt::System::new();
     let result = system.block_on(async move {
         let app = Application::build(settings).await?.with_signal_handling()?;
-        if dev {
-            print_dev_banner(&app)?;
+        if let Some((secret_file, limits)) = &dev_mode {
+            print_dev_banner(&app, secret_file.as_ref(), limits)?;
         }
-        app.run_until_stopped().await
+        let stopped = app.run_until_stopped().await;
+        drop(dev_mode);
+        stopped
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,7 +153,11 @@ fn serve(dev: bool) -> ExitCode {
     }
 }
 
-fn print_dev_banner(app: &Application) -> anyhow::Result<()> {
+fn print_dev_banner(
+    app: &Application,
+    secret_file: Option<&dev::DevSecretFile>,
+    limits: &[String],
+) -> anyhow::Result<()> {
     let state = app.state();
     let admin = state.jwt.mint("dev-admin", Role::Admin, 86_400)?;
     let user = state.jwt.mint("dev-user", Role::User, 86_400)?;
@@ -145,14 +165,32 @@ fn print_dev_banner(app: &Application) -> anyhow::Result<()> {
     log::warn!(
         "DEVELOPMENT MODE: tokens below are printed in clear; never run --dev in production"
     );
+    // The secret itself is never printed: a file only this user can read hands it to
+    // `chatgate token` and `chatgate loadtest --secret`.
+    let secret = match secret_file {
+        Some(file) => format!("\"$(cat {})\"", file.path().display()),
+        None => "\"$CHATGATE_JWT_SECRET\"".to_string(),
+    };
+    let secret_line = match secret_file {
+        Some(file) => format!(
+            "secret file: {} (mode 0600, removed at exit)\n",
+            file.path().display()
+        ),
+        None => "secret:      your CHATGATE_JWT_SECRET\n".to_string(),
+    };
     out(&format!(
         "\n=== chatgate DEVELOPMENT MODE — not for production ===\n\
          gateway:     {base}\n\
          dashboard:   {base}/admin#token={admin}\n\
          admin token: {admin}\n\
          user token:  {user}\n\
-         try:         websocat '{ws}/ws?token={user}'\n",
+         try:         websocat '{ws}/ws?token={user}'\n\
+         {secret_line}\
+         more tokens: CHATGATE_JWT_SECRET={secret} chatgate token --sub alice\n\
+         load test:   chatgate loadtest --url {base} --secret {secret} --connections 4 --chats 25\n\
+         limits:      {limits}\n",
         ws = base.replacen("http", "ws", 1),
+        limits = limits.join("; "),
     ));
     Ok(())
 }

@@ -308,9 +308,9 @@ fn ci_workflow_runs_the_same_gates_as_ci_run() {
     for needle in [
         "cargo fmt --check",
         "cargo clippy --locked --all-targets -- -D warnings",
-        "cargo test --locked",
-        "cargo metadata --locked", // Cargo.lock is current
-        "bash .ci/lint-deploy",    // actionlint + Kubernetes manifests, as .ci/run
+        "cargo test --locked -- --include-ignored", // the PostgreSQL and Redis tests too
+        "cargo metadata --locked",                  // Cargo.lock is current
+        "bash .ci/lint-deploy",                     // actionlint + Kubernetes manifests, as .ci/run
         "tests/compat/openai_compat.py",
         "tests/browser",
         "chromium",
@@ -331,6 +331,19 @@ fn ci_workflow_runs_the_same_gates_as_ci_run() {
         "TEST_POSTGRES_URL",
     );
     assert!(url.starts_with("postgres://"), "{url}");
+    let redis = text(
+        &ci["jobs"]["test"]["env"]["TEST_REDIS_URL"],
+        "TEST_REDIS_URL",
+    );
+    assert!(redis.starts_with("redis://"), "{redis}");
+    let ci_run = read(".ci/run");
+    for needle in [
+        "export TEST_POSTGRES_URL=",
+        "export TEST_REDIS_URL=",
+        "cargo test --locked -- --include-ignored",
+    ] {
+        assert!(ci_run.contains(needle), ".ci/run never has `{needle}`");
+    }
 
     // Every job that compiles caches the registry and target directory.
     for (name, job) in ci["jobs"].as_hash().expect("jobs") {
@@ -415,6 +428,54 @@ fn dockerfile_builds_with_the_crate_rust_version() {
         env!("CARGO_PKG_RUST_VERSION"),
         "the Dockerfile's rustc and Cargo.toml's rust-version must agree"
     );
+}
+
+/// The release profile strips debug info, and the Dockerfile and release.yml ship that profile's
+/// output and check it has no `.debug_*` section left.
+#[test]
+fn shipped_binaries_are_stripped() {
+    let manifest: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml");
+    let release = &manifest["profile"]["release"];
+    let strip = release.get("strip").map(|v| v.to_string());
+    assert!(
+        matches!(
+            strip.as_deref(),
+            Some("\"debuginfo\"") | Some("\"symbols\"") | Some("true")
+        ),
+        "[profile.release] must strip debug info: strip = {strip:?}"
+    );
+    let dockerfile = read("Dockerfile");
+    assert!(
+        dockerfile.contains("cargo build --release --locked --bin chatgate"),
+        "the image is built with the release profile"
+    );
+    assert!(
+        dockerfile.contains("COPY --from=build /src/target/release/chatgate "),
+        "the image ships the release profile's binary"
+    );
+    assert!(
+        dockerfile.contains("readelf -S target/release/chatgate | grep -q '\\.debug_'"),
+        "the Dockerfile checks the binary has no debug sections"
+    );
+
+    let release_yml = yaml(".github/workflows/release.yml");
+    let scripts = run_scripts(&release_yml);
+    assert!(scripts.contains("cargo zigbuild --release --locked --bin chatgate"));
+    assert!(
+        !scripts.contains("--profile"),
+        "release.yml ships another profile"
+    );
+    assert!(
+        scripts.contains("readelf -S \"$bin\" | grep -q '\\.debug_'"),
+        "release.yml checks the binary has no debug sections"
+    );
+    for (name, value) in release_yml["env"].as_hash().into_iter().flatten() {
+        let name = name.as_str().unwrap_or_default();
+        assert!(
+            !name.starts_with("CARGO_PROFILE_RELEASE_"),
+            "release.yml overrides the release profile: {name}: {value:?}"
+        );
+    }
 }
 
 fn cargo() -> String {

@@ -38,6 +38,20 @@ pub async fn page() -> HttpResponse {
     asset("text/html; charset=utf-8", PAGE)
 }
 
+/// The root has no API of its own; a person who opens the bare address wants the dashboard.
+/// 302, not 308: browsers cache a permanent redirect, and `/` may serve something else later.
+#[utoipa::path(
+    tag = "dashboard",
+    responses((status = 302, description = "Redirect to the dashboard (`Location: /admin`)"))
+)]
+#[get("/")]
+pub async fn root() -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header((header::LOCATION, "/admin"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
 /// The dashboard's script (the page's CSP allows no inline script).
 #[utoipa::path(
     tag = "dashboard",

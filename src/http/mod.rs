@@ -36,6 +36,7 @@ macro_rules! routes {
 }
 
 routes! {
+    dashboard::root,
     dashboard::page,
     dashboard::script,
     dashboard::style,

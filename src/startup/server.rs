@@ -28,10 +28,15 @@ pub(super) fn build_server(
             .wrap(middleware::from_fn(guard::guard))
             .wrap(
                 // Path only: query strings carry tokens, and headers carry secrets.
+                // An upgraded (101) request's time is the WebSocket's lifetime, not latency.
                 middleware::Logger::new(
-                    "event=http remote=%a method=%{METHOD}xi path=%U status=%s bytes=%b ms=%D",
+                    "event=http remote=%a method=%{METHOD}xi path=%U status=%s bytes=%b %{MS}xo=%D",
                 )
                 .custom_request_replace("METHOD", |req| req.method().to_string())
+                .custom_response_replace("MS", |res| {
+                    let upgraded = res.status() == actix_web::http::StatusCode::SWITCHING_PROTOCOLS;
+                    (if upgraded { "lifetime_ms" } else { "ms" }).to_string()
+                })
                 .log_target("chatgate::access"),
             )
             .app_data(state.clone())

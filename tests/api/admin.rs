@@ -10,8 +10,8 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    backends, spawn_app, spawn_app_with, spawn_with_settings, test_settings, Backend, TestApp,
-    TestDatabase,
+    require_postgres, spawn_app, spawn_app_with, spawn_with_settings, test_settings, Backend,
+    TestApp, TestDatabase,
 };
 use crate::ws_client::{connect_with, ConnectOptions, WsClient};
 
@@ -186,10 +186,9 @@ async fn concurrent_edits_with_the_same_etag_let_exactly_one_win() {
 }
 
 #[actix_web::test]
+#[ignore = "needs TEST_POSTGRES_URL"]
 async fn concurrent_edits_across_two_instances_on_postgres() {
-    if !backends("concurrent_edits_across_two_instances").contains(&Backend::Postgres) {
-        return;
-    }
+    require_postgres();
     let first = spawn_app_with(Backend::Postgres, |_| {}).await;
     let second = spawn_with_settings(
         test_settings(&first.database.url),
@@ -478,151 +477,156 @@ fn echo_model(name: &str, delay_ms: u64) -> ModelSettings {
 
 #[actix_web::test]
 async fn usage_history_aggregates_weighted_and_pages_every_bucket_once() {
-    for backend in backends("usage_history") {
-        let app = spawn_app_with(backend, |s| {
-            s.limits.user_rate_limit = 10_000;
-            s.models = vec![echo_model("fast", 0), echo_model("slow", 3)];
-        })
-        .await;
-        // 300 chats: 150 per model over 6 connections; the slow model's latency depends on
-        // its word count, so averages differ between models.
-        let runs = (0..6).map(|c| {
-            let app = &app;
-            async move {
-                let (mut ws, _) = WsClient::open(app, &format!("h{c}")).await;
-                for i in 0..50 {
-                    let model = if c % 2 == 0 { "fast" } else { "slow" };
-                    let id = format!("c{i}");
-                    ws.chat(&id, model, &"w ".repeat(1 + i % 3)).await;
-                    assert!(ws.reply(&id).await.done.is_some());
-                }
-            }
-        });
-        join_all(runs).await;
-        app.state
-            .flusher
-            .send(Flush)
-            .await
-            .expect("mailbox")
-            .expect("flush");
-        let expected: Vec<(String, i64, i64)> = app
-            .query(|conn| {
-                use chatgate::db::schema::request_log::dsl::*;
-                use diesel::prelude::*;
-                let rows: Vec<(String, i64)> =
-                    request_log.select((model, latency_ms)).load(conn)?;
-                let mut by_model: std::collections::BTreeMap<String, (i64, i64)> =
-                    Default::default();
-                for (m, l) in rows {
-                    let e = by_model.entry(m).or_default();
-                    e.0 += 1;
-                    e.1 += l;
-                }
-                Ok(by_model
-                    .into_iter()
-                    .map(|(m, (n, sum))| (m, n, sum))
-                    .collect())
-            })
-            .await;
-        let admin = app.admin_token("ops");
-        let now = chrono::Utc::now();
-        let from =
-            (now - chrono::Duration::hours(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let to =
-            (now + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let base = format!("/admin/usage/history?from={from}&to={to}&bucket=hour");
-        let (status, all, _) = send(&app, "GET", &base, &admin, None, None).await;
-        assert_eq!(status, 200, "{backend:?}: {all}");
-        let buckets = all["buckets"].as_array().expect("buckets");
-        let total: i64 = buckets
-            .iter()
-            .map(|b| b["requests"].as_i64().unwrap_or(0))
-            .sum();
-        assert_eq!(total, 300, "{backend:?}");
-        for (m, n, sum) in &expected {
-            let rows: Vec<&Value> = buckets
-                .iter()
-                .filter(|b| b["model"] == m.as_str())
-                .collect();
-            let requests: i64 = rows
-                .iter()
-                .map(|b| b["requests"].as_i64().unwrap_or(0))
-                .sum();
-            assert_eq!(requests, *n, "{backend:?} {m}");
-            if rows.len() == 1 {
-                let avg = rows[0]["avg_latency_ms"].as_f64().expect("avg");
-                assert!(
-                    (avg - *sum as f64 / *n as f64).abs() <= 1.0,
-                    "{backend:?} {m}: {avg} vs {}",
-                    *sum as f64 / *n as f64
-                );
-            }
-        }
-        // limit=1 walks every bucket exactly once.
-        let mut walked = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let path = match &cursor {
-                Some(c) => format!("{base}&limit=1&cursor={c}"),
-                None => format!("{base}&limit=1"),
-            };
-            let (status, page, _) = send(&app, "GET", &path, &admin, None, None).await;
-            assert_eq!(status, 200, "{page}");
-            for b in page["buckets"].as_array().expect("buckets") {
-                walked.push((b["start"].clone(), b["model"].clone()));
-            }
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_string()),
-                None => break,
-            }
-        }
-        let listed: Vec<(Value, Value)> = buckets
-            .iter()
-            .map(|b| (b["start"].clone(), b["model"].clone()))
-            .collect();
-        assert_eq!(walked, listed, "{backend:?}");
-        let wide_from =
-            (now - chrono::Duration::days(40)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let (status, body, _) = send(
-            &app,
-            "GET",
-            &format!("/admin/usage/history?from={wide_from}&to={to}&bucket=hour"),
-            &admin,
-            None,
-            None,
-        )
-        .await;
-        assert_eq!(status, 400, "{body}");
-        assert_eq!(
-            send(
-                &app,
-                "GET",
-                "/admin/usage/history?from=yesterday&to=now&bucket=hour",
-                &admin,
-                None,
-                None
-            )
-            .await
-            .0,
-            400
-        );
-        let per_user = format!("{base}&user=h1");
-        let (_, mine, _) = send(&app, "GET", &per_user, &admin, None, None).await;
-        let mine_total: i64 = mine["buckets"]
-            .as_array()
-            .expect("buckets")
-            .iter()
-            .map(|b| b["requests"].as_i64().unwrap_or(0))
-            .sum();
-        assert_eq!(mine_total, 50, "{backend:?}");
-    }
+    usage_history_aggregates_weighted_and_pages_every_bucket_once_on(Backend::Sqlite).await;
 }
 
 #[actix_web::test]
-async fn thirty_day_hourly_history_can_use_the_indexes_on_postgres() {
-    if !backends("thirty_day_hourly_history_explain").contains(&Backend::Postgres) {
-        return;
+#[ignore = "needs TEST_POSTGRES_URL"]
+async fn usage_history_aggregates_weighted_and_pages_every_bucket_once_postgres() {
+    require_postgres();
+    usage_history_aggregates_weighted_and_pages_every_bucket_once_on(Backend::Postgres).await;
+}
+
+async fn usage_history_aggregates_weighted_and_pages_every_bucket_once_on(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        s.limits.user_rate_limit = 10_000;
+        s.models = vec![echo_model("fast", 0), echo_model("slow", 3)];
+    })
+    .await;
+    // 300 chats: 150 per model over 6 connections; the slow model's latency depends on
+    // its word count, so averages differ between models.
+    let runs = (0..6).map(|c| {
+        let app = &app;
+        async move {
+            let (mut ws, _) = WsClient::open(app, &format!("h{c}")).await;
+            for i in 0..50 {
+                let model = if c % 2 == 0 { "fast" } else { "slow" };
+                let id = format!("c{i}");
+                ws.chat(&id, model, &"w ".repeat(1 + i % 3)).await;
+                assert!(ws.reply(&id).await.done.is_some());
+            }
+        }
+    });
+    join_all(runs).await;
+    app.state
+        .flusher
+        .send(Flush)
+        .await
+        .expect("mailbox")
+        .expect("flush");
+    let expected: Vec<(String, i64, i64)> = app
+        .query(|conn| {
+            use chatgate::db::schema::request_log::dsl::*;
+            use diesel::prelude::*;
+            let rows: Vec<(String, i64)> = request_log.select((model, latency_ms)).load(conn)?;
+            let mut by_model: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+            for (m, l) in rows {
+                let e = by_model.entry(m).or_default();
+                e.0 += 1;
+                e.1 += l;
+            }
+            Ok(by_model
+                .into_iter()
+                .map(|(m, (n, sum))| (m, n, sum))
+                .collect())
+        })
+        .await;
+    let admin = app.admin_token("ops");
+    let now = chrono::Utc::now();
+    let from =
+        (now - chrono::Duration::hours(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let to = (now + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let base = format!("/admin/usage/history?from={from}&to={to}&bucket=hour");
+    let (status, all, _) = send(&app, "GET", &base, &admin, None, None).await;
+    assert_eq!(status, 200, "{backend:?}: {all}");
+    let buckets = all["buckets"].as_array().expect("buckets");
+    let total: i64 = buckets
+        .iter()
+        .map(|b| b["requests"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, 300, "{backend:?}");
+    for (m, n, sum) in &expected {
+        let rows: Vec<&Value> = buckets
+            .iter()
+            .filter(|b| b["model"] == m.as_str())
+            .collect();
+        let requests: i64 = rows
+            .iter()
+            .map(|b| b["requests"].as_i64().unwrap_or(0))
+            .sum();
+        assert_eq!(requests, *n, "{backend:?} {m}");
+        if rows.len() == 1 {
+            let avg = rows[0]["avg_latency_ms"].as_f64().expect("avg");
+            assert!(
+                (avg - *sum as f64 / *n as f64).abs() <= 1.0,
+                "{backend:?} {m}: {avg} vs {}",
+                *sum as f64 / *n as f64
+            );
+        }
     }
+    // limit=1 walks every bucket exactly once.
+    let mut walked = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("{base}&limit=1&cursor={c}"),
+            None => format!("{base}&limit=1"),
+        };
+        let (status, page, _) = send(&app, "GET", &path, &admin, None, None).await;
+        assert_eq!(status, 200, "{page}");
+        for b in page["buckets"].as_array().expect("buckets") {
+            walked.push((b["start"].clone(), b["model"].clone()));
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let listed: Vec<(Value, Value)> = buckets
+        .iter()
+        .map(|b| (b["start"].clone(), b["model"].clone()))
+        .collect();
+    assert_eq!(walked, listed, "{backend:?}");
+    let wide_from =
+        (now - chrono::Duration::days(40)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, body, _) = send(
+        &app,
+        "GET",
+        &format!("/admin/usage/history?from={wide_from}&to={to}&bucket=hour"),
+        &admin,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        send(
+            &app,
+            "GET",
+            "/admin/usage/history?from=yesterday&to=now&bucket=hour",
+            &admin,
+            None,
+            None
+        )
+        .await
+        .0,
+        400
+    );
+    let per_user = format!("{base}&user=h1");
+    let (_, mine, _) = send(&app, "GET", &per_user, &admin, None, None).await;
+    let mine_total: i64 = mine["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| b["requests"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(mine_total, 50, "{backend:?}");
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_POSTGRES_URL"]
+async fn thirty_day_hourly_history_can_use_the_indexes_on_postgres() {
+    require_postgres();
     let database = TestDatabase::new(Backend::Postgres);
     let pool = database.pool();
     let mut conn = pool.checkout().expect("connect");

@@ -277,3 +277,193 @@ fn serve_startup_log_never_shows_url_passwords() {
     );
     assert_no_planted_secret(&log);
 }
+
+/// Reads the `serve --dev` banner up to its last line (`limits:`).
+fn dev_banner(child: &mut std::process::Child) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let last = line.starts_with("limits:");
+            seen.push(line);
+            if last {
+                let _ = tx.send(seen.join("\n"));
+                return;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("dev banner")
+}
+
+fn banner_value<'a>(banner: &'a str, label: &str) -> &'a str {
+    banner
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no `{label}` line: {banner}"))
+        .trim()
+}
+
+fn loadtest_json(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .arg("loadtest")
+        .args(args)
+        .args(["--connections", "1", "--json"])
+        .output()
+        .expect("run loadtest");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "loadtest summary ({err}): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[test]
+fn serve_dev_hands_its_secret_over_in_a_private_file_and_lifts_the_user_limits() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .args(["serve", "--dev"])
+        .current_dir(dir.path())
+        .env_remove("CHATGATE_CONFIG")
+        .env_remove("CHATGATE_JWT_SECRET")
+        .env_remove("CHATGATE_USER_RATE_LIMIT")
+        .env_remove("CHATGATE_DAILY_QUOTA")
+        .env("TMPDIR", dir.path())
+        .env("CHATGATE_BIND", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let banner = dev_banner(&mut child);
+    let base = banner_value(&banner, "gateway:").to_string();
+    let path = banner_value(&banner, "secret file:")
+        .split(" (")
+        .next()
+        .expect("path")
+        .to_string();
+    let path = std::path::PathBuf::from(path);
+    assert!(path.starts_with(dir.path()), "{banner}");
+    let mode = std::fs::metadata(&path).expect("secret file").permissions();
+    assert_eq!(mode.mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(&path).expect("read secret");
+    assert!(secret.len() >= 32);
+    assert!(!banner.contains(&secret), "the secret is never printed");
+    assert!(
+        banner.contains(&format!(
+            "CHATGATE_JWT_SECRET=\"$(cat {})\" chatgate token --sub alice",
+            path.display()
+        )),
+        "{banner}"
+    );
+    assert!(banner.contains("user rate limit lifted"), "{banner}");
+    assert!(banner.contains("daily quota lifted"), "{banner}");
+
+    // A token minted with the file's secret is accepted.
+    let minted = chatgate(
+        &["token", "--sub", "alice"],
+        &[("CHATGATE_JWT_SECRET", &secret)],
+        dir.path(),
+    );
+    assert!(minted.status.success());
+    let token = String::from_utf8_lossy(&minted.stdout).trim().to_string();
+    let by_token = loadtest_json(&["--url", &base, "--token", &token, "--chats", "1"]);
+    assert_eq!(by_token["chats"], 1, "{by_token}");
+    // More chats than the default 30 per user per minute, from the one loadtest user.
+    let by_secret = loadtest_json(&["--url", &base, "--secret", &secret, "--chats", "40"]);
+    assert_eq!(by_secret["chats"], 40, "{by_secret}");
+    assert_eq!(by_secret["errors"], serde_json::json!({}), "{by_secret}");
+
+    crate::process::signal(child.id(), "-INT");
+    assert_eq!(
+        crate::process::wait_exit(&mut child, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+    assert!(!path.exists(), "the secret file is removed at exit");
+}
+
+#[test]
+fn websocket_access_log_reports_the_connection_lifetime_not_a_latency() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("CHATGATE_CONFIG")
+        .env("CHATGATE_JWT_SECRET", TEST_SECRET)
+        .env("CHATGATE_BIND", "127.0.0.1:0")
+        .env("DATABASE_URL", dir.path().join("serve.db"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_matching = |what: &str, matches: &dyn Fn(&str) -> bool| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if matches(&line) => return line,
+                Ok(_) => {}
+                Err(err) => panic!("no log line with {what}: {err}"),
+            }
+        }
+    };
+    let listening = next_matching("the address", &|l| l.contains("listening on http://"));
+    let addr = listening
+        .split("listening on http://")
+        .nth(1)
+        .expect("address")
+        .trim()
+        .to_string();
+
+    let mut plain = std::net::TcpStream::connect(&addr).expect("connect");
+    plain
+        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .expect("request");
+    let mut reply = String::new();
+    plain.read_to_string(&mut reply).expect("reply");
+    assert!(reply.contains(" 200 "), "{reply}");
+    let http = next_matching("path=/healthz", &|l| {
+        l.contains("event=http") && l.contains("path=/healthz")
+    });
+    assert!(http.contains(" ms="), "{http}");
+
+    let minted = chatgate(
+        &["token", "--sub", "logged"],
+        &[("CHATGATE_JWT_SECRET", TEST_SECRET)],
+        dir.path(),
+    );
+    let token = String::from_utf8_lossy(&minted.stdout).trim().to_string();
+    let run = loadtest_json(&[
+        "--url",
+        &format!("http://{addr}"),
+        "--token",
+        &token,
+        "--chats",
+        "1",
+    ]);
+    assert_eq!(run["chats"], 1, "{run}");
+    let ws = next_matching("path=/ws", &|l| {
+        l.contains("event=http") && l.contains("path=/ws")
+    });
+    assert!(ws.contains("status=101"), "{ws}");
+    assert!(ws.contains(" lifetime_ms="), "{ws}");
+    assert!(!ws.contains(" ms="), "{ws}");
+
+    crate::process::signal(child.id(), "-TERM");
+    assert_eq!(
+        crate::process::wait_exit(&mut child, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+}

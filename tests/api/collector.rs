@@ -14,8 +14,8 @@ use futures_util::future::join_all;
 use serde_json::Value;
 
 use crate::helpers::{
-    backends, eventually, spawn_app_with, spawn_with_settings, test_settings, Backend, TestApp,
-    TestDatabase,
+    eventually, require_postgres, spawn_app_with, spawn_with_settings, test_settings, Backend,
+    TestApp, TestDatabase,
 };
 
 const MINUTE_MS: i64 = 60_000;
@@ -151,322 +151,369 @@ fn unrolled_count(conn: &mut DbConnection) -> QueryResult<usize> {
 
 #[actix_web::test]
 async fn parallel_collects_get_202_or_409_and_recorded_runs_never_overlap() {
-    for backend in backends("parallel_collects_never_overlap") {
-        let first = spawn_app_with(backend, |_| {}).await;
-        // On PostgreSQL a second instance shares the first one's schema, and the requests
-        // are split between them: the lease has to hold across processes, not just actors.
-        let second = match backend {
-            Backend::Postgres => Some(
-                spawn_with_settings(
-                    test_settings(&first.database.url),
-                    TestDatabase::new(Backend::Sqlite),
-                )
-                .await,
-            ),
-            Backend::Sqlite => None,
-        };
-        let apps: Vec<&TestApp> = std::iter::once(&first).chain(second.as_ref()).collect();
-        // Work for the runs, so they last a while.
-        let base = now_ms() - 2 * HOUR_MS;
-        first
-            .query(move |conn| {
-                let rows: Vec<RequestRow> = (0..2_000)
-                    .map(|i| raw(format!("p{i}"), "echo", base + i * 997, "ok", false))
-                    .collect();
-                usage::insert_requests(conn, &rows)
-            })
-            .await;
+    parallel_collects_get_202_or_409_and_recorded_runs_never_overlap_on(Backend::Sqlite).await;
+}
 
-        let token = first.admin_token("ops");
-        let at_once = (0..10).map(|i| post_collect(apps[i % apps.len()], &token));
-        let mut responses = join_all(at_once).await;
-        // Then a staggered wave, so several runs follow each other closely (the check below
-        // holds whatever the timing; the spread only makes back-to-back runs likely).
-        let staggered = (0..10u64).map(|i| {
-            let app = apps[i as usize % apps.len()];
-            let token = &token;
-            async move {
-                actix_web::rt::time::sleep(Duration::from_millis(i * 5)).await;
-                post_collect(app, token).await
-            }
-        });
-        responses.extend(join_all(staggered).await);
-        let mut started = HashSet::new();
-        let mut refused_for = Vec::new();
-        for (status, body) in &responses {
-            match status {
-                202 => {
-                    started.insert(body["run_id"].as_str().expect("run_id").to_string());
-                }
-                409 => {
-                    assert_eq!(body["error"]["code"], "already_running", "{body}");
-                    assert!(body["error"]["message"].is_string(), "{body}");
-                    let run_id = body["error"]["run_id"].as_str().expect("run_id");
-                    refused_for.push(run_id.to_string());
-                }
-                other => panic!("{backend:?}: status {other}: {body}"),
-            }
-        }
-        assert!(!started.is_empty(), "{backend:?}: no run started");
-        eprintln!(
-            "DEBUG {backend:?} started={} refused={}",
-            started.len(),
-            refused_for.len()
-        );
+#[actix_web::test]
+#[ignore = "needs TEST_POSTGRES_URL"]
+async fn parallel_collects_get_202_or_409_and_recorded_runs_never_overlap_postgres() {
+    require_postgres();
+    parallel_collects_get_202_or_409_and_recorded_runs_never_overlap_on(Backend::Postgres).await;
+}
 
-        let mut runs = finished_runs(&first).await;
-        let recorded: HashSet<String> = runs.iter().map(|r| r.run_id.clone()).collect();
-        assert_eq!(recorded, started, "{backend:?}: one recorded run per 202");
-        for run_id in &refused_for {
-            assert!(
-                recorded.contains(run_id),
-                "{backend:?}: 409 named {run_id}, not a run"
-            );
+async fn parallel_collects_get_202_or_409_and_recorded_runs_never_overlap_on(backend: Backend) {
+    let first = spawn_app_with(backend, |_| {}).await;
+    // On PostgreSQL a second instance shares the first one's schema, and the requests
+    // are split between them: the lease has to hold across processes, not just actors.
+    let second = match backend {
+        Backend::Postgres => Some(
+            spawn_with_settings(
+                test_settings(&first.database.url),
+                TestDatabase::new(Backend::Sqlite),
+            )
+            .await,
+        ),
+        Backend::Sqlite => None,
+    };
+    let apps: Vec<&TestApp> = std::iter::once(&first).chain(second.as_ref()).collect();
+    // Work for the runs, so they last a while.
+    let base = now_ms() - 2 * HOUR_MS;
+    first
+        .query(move |conn| {
+            let rows: Vec<RequestRow> = (0..2_000)
+                .map(|i| raw(format!("p{i}"), "echo", base + i * 997, "ok", false))
+                .collect();
+            usage::insert_requests(conn, &rows)
+        })
+        .await;
+
+    let token = first.admin_token("ops");
+    let at_once = (0..10).map(|i| post_collect(apps[i % apps.len()], &token));
+    let mut responses = join_all(at_once).await;
+    // Then a staggered wave, so several runs follow each other closely (the check below
+    // holds whatever the timing; the spread only makes back-to-back runs likely).
+    let staggered = (0..10u64).map(|i| {
+        let app = apps[i as usize % apps.len()];
+        let token = &token;
+        async move {
+            actix_web::rt::time::sleep(Duration::from_millis(i * 5)).await;
+            post_collect(app, token).await
         }
-        runs.sort_by_key(|run| run.started_at);
-        for run in &runs {
-            assert_eq!(run.status, "ok", "{backend:?}: {run:?}");
+    });
+    responses.extend(join_all(staggered).await);
+    let mut started = HashSet::new();
+    let mut refused_for = Vec::new();
+    for (status, body) in &responses {
+        match status {
+            202 => {
+                started.insert(body["run_id"].as_str().expect("run_id").to_string());
+            }
+            409 => {
+                assert_eq!(body["error"]["code"], "already_running", "{body}");
+                assert!(body["error"]["message"].is_string(), "{body}");
+                let run_id = body["error"]["run_id"].as_str().expect("run_id");
+                refused_for.push(run_id.to_string());
+            }
+            other => panic!("{backend:?}: status {other}: {body}"),
         }
-        for pair in runs.windows(2) {
-            let finished = pair[0].finished_at.expect("finished_at");
-            assert!(
-                pair[1].started_at >= finished,
-                "{backend:?}: runs overlap: {:?} and {:?}",
-                pair[0],
-                pair[1]
-            );
-        }
-        let stored: i64 = runs.iter().map(|run| run.stored).sum();
-        assert_eq!(
-            stored, 2_000,
-            "{backend:?}: every row folded once across the runs"
-        );
-        let lease = first
-            .query(|conn| collector::find_lease(conn, collector::LEASE_NAME))
-            .await;
-        assert_eq!(lease, None, "{backend:?}: the last run released the lease");
     }
+    assert!(!started.is_empty(), "{backend:?}: no run started");
+    eprintln!(
+        "DEBUG {backend:?} started={} refused={}",
+        started.len(),
+        refused_for.len()
+    );
+
+    let mut runs = finished_runs(&first).await;
+    let recorded: HashSet<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+    assert_eq!(recorded, started, "{backend:?}: one recorded run per 202");
+    for run_id in &refused_for {
+        assert!(
+            recorded.contains(run_id),
+            "{backend:?}: 409 named {run_id}, not a run"
+        );
+    }
+    runs.sort_by_key(|run| run.started_at);
+    for run in &runs {
+        assert_eq!(run.status, "ok", "{backend:?}: {run:?}");
+    }
+    for pair in runs.windows(2) {
+        let finished = pair[0].finished_at.expect("finished_at");
+        assert!(
+            pair[1].started_at >= finished,
+            "{backend:?}: runs overlap: {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let stored: i64 = runs.iter().map(|run| run.stored).sum();
+    assert_eq!(
+        stored, 2_000,
+        "{backend:?}: every row folded once across the runs"
+    );
+    let lease = first
+        .query(|conn| collector::find_lease(conn, collector::LEASE_NAME))
+        .await;
+    assert_eq!(lease, None, "{backend:?}: the last run released the lease");
 }
 
 #[actix_web::test]
 async fn a_live_lease_held_elsewhere_gets_409_with_its_run_id() {
-    for backend in backends("a_live_lease_held_elsewhere_gets_409") {
-        let app = spawn_app_with(backend, |_| {}).await;
-        let expires = now_ms() + HOUR_MS;
-        app.query(move |conn| {
-            conn.batch_execute(&format!(
-                "INSERT INTO collector_lease (name, holder, run_id, expires_at) \
+    a_live_lease_held_elsewhere_gets_409_with_its_run_id_on(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_POSTGRES_URL"]
+async fn a_live_lease_held_elsewhere_gets_409_with_its_run_id_postgres() {
+    require_postgres();
+    a_live_lease_held_elsewhere_gets_409_with_its_run_id_on(Backend::Postgres).await;
+}
+
+async fn a_live_lease_held_elsewhere_gets_409_with_its_run_id_on(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let expires = now_ms() + HOUR_MS;
+    app.query(move |conn| {
+        conn.batch_execute(&format!(
+            "INSERT INTO collector_lease (name, holder, run_id, expires_at) \
                  VALUES ('usage_collector', 'other-instance', 'their-run', {expires})"
-            ))
-        })
-        .await;
-        let (status, body) = post_collect(&app, &app.admin_token("ops")).await;
-        assert_eq!(status, 409, "{backend:?}: {body}");
-        assert_eq!(body["error"]["code"], "already_running");
-        assert_eq!(body["error"]["run_id"], "their-run");
-        assert!(
-            all_runs(&app).await.is_empty(),
-            "{backend:?}: nothing started"
-        );
-    }
+        ))
+    })
+    .await;
+    let (status, body) = post_collect(&app, &app.admin_token("ops")).await;
+    assert_eq!(status, 409, "{backend:?}: {body}");
+    assert_eq!(body["error"]["code"], "already_running");
+    assert_eq!(body["error"]["run_id"], "their-run");
+    assert!(
+        all_runs(&app).await.is_empty(),
+        "{backend:?}: nothing started"
+    );
 }
 
 #[actix_web::test]
 async fn an_expired_lease_left_by_a_killed_process_does_not_block_the_next_run() {
-    for backend in backends("an_expired_lease_does_not_block") {
-        let app = spawn_app_with(backend, |_| {}).await;
-        let started = now_ms() - 10 * MINUTE_MS;
-        let expired = now_ms() - MINUTE_MS;
-        // What a process killed mid-run leaves behind: its lease and its unfinished run.
-        app.query(move |conn| {
-            conn.batch_execute(&format!(
-                "INSERT INTO collector_lease (name, holder, run_id, expires_at) \
+    an_expired_lease_left_by_a_killed_process_does_not_block_the_next_run_on(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_POSTGRES_URL"]
+async fn an_expired_lease_left_by_a_killed_process_does_not_block_the_next_run_postgres() {
+    require_postgres();
+    an_expired_lease_left_by_a_killed_process_does_not_block_the_next_run_on(Backend::Postgres)
+        .await;
+}
+
+async fn an_expired_lease_left_by_a_killed_process_does_not_block_the_next_run_on(
+    backend: Backend,
+) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let started = now_ms() - 10 * MINUTE_MS;
+    let expired = now_ms() - MINUTE_MS;
+    // What a process killed mid-run leaves behind: its lease and its unfinished run.
+    app.query(move |conn| {
+        conn.batch_execute(&format!(
+            "INSERT INTO collector_lease (name, holder, run_id, expires_at) \
                  VALUES ('usage_collector', 'killed-instance', 'dead-run', {expired}); \
                  INSERT INTO collector_runs (run_id, holder, started_at, status) \
                  VALUES ('dead-run', 'killed-instance', {started}, 'running');"
-            ))
-        })
+        ))
+    })
+    .await;
+    let run = collect_once(&app).await;
+    assert_ne!(run.run_id, "dead-run");
+    let runs = all_runs(&app).await;
+    let dead = runs
+        .iter()
+        .find(|r| r.run_id == "dead-run")
+        .expect("dead run");
+    assert_eq!(dead.status, "abandoned", "{backend:?}");
+    let lease = app
+        .query(|conn| collector::find_lease(conn, collector::LEASE_NAME))
         .await;
-        let run = collect_once(&app).await;
-        assert_ne!(run.run_id, "dead-run");
-        let runs = all_runs(&app).await;
-        let dead = runs
-            .iter()
-            .find(|r| r.run_id == "dead-run")
-            .expect("dead run");
-        assert_eq!(dead.status, "abandoned", "{backend:?}");
-        let lease = app
-            .query(|conn| collector::find_lease(conn, collector::LEASE_NAME))
-            .await;
-        assert_eq!(lease, None, "{backend:?}");
-    }
+    assert_eq!(lease, None, "{backend:?}");
 }
 
 #[actix_web::test]
 async fn collecting_twice_counts_unrolled_rows_exactly_once() {
-    for backend in backends("collecting_twice_counts_once") {
-        let app = spawn_app_with(backend, |_| {}).await;
-        let now = now_ms();
-        let old = (now - 2 * HOUR_MS).div_euclid(MINUTE_MS) * MINUTE_MS;
-        app.query(move |conn| {
-            // Already flushed (and counted): must not be counted again.
-            let flushed: Vec<RequestRow> = (0..12)
-                .map(|i| raw(format!("f{i}"), "echo", old + i * 10_000, "ok", true))
-                .collect();
-            insert_flushed(conn, &flushed)?;
-            // Not counted yet, over three minutes and two models, with errors and cancels.
-            let outcomes = [
-                "ok",
-                "upstream_error",
-                "cancelled",
-                "ok",
-                "upstream_timeout",
-            ];
-            let unrolled: Vec<RequestRow> = (0..30)
-                .map(|i| {
-                    let model = if i % 2 == 0 { "echo" } else { "small" };
-                    let outcome = outcomes[i as usize % outcomes.len()];
-                    raw(format!("u{i}"), model, old + i * 6_000, outcome, false)
-                })
-                .collect();
-            usage::insert_requests(conn, &unrolled)?;
-            // Too young to fold (fold age 300 s).
-            let recent: Vec<RequestRow> = (0..5)
-                .map(|i| raw(format!("r{i}"), "echo", now - MINUTE_MS + i, "ok", false))
-                .collect();
-            usage::insert_requests(conn, &recent)?;
-            Ok(())
+    collecting_twice_counts_unrolled_rows_exactly_once_on(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_POSTGRES_URL"]
+async fn collecting_twice_counts_unrolled_rows_exactly_once_postgres() {
+    require_postgres();
+    collecting_twice_counts_unrolled_rows_exactly_once_on(Backend::Postgres).await;
+}
+
+async fn collecting_twice_counts_unrolled_rows_exactly_once_on(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let now = now_ms();
+    let old = (now - 2 * HOUR_MS).div_euclid(MINUTE_MS) * MINUTE_MS;
+    app.query(move |conn| {
+        // Already flushed (and counted): must not be counted again.
+        let flushed: Vec<RequestRow> = (0..12)
+            .map(|i| raw(format!("f{i}"), "echo", old + i * 10_000, "ok", true))
+            .collect();
+        insert_flushed(conn, &flushed)?;
+        // Not counted yet, over three minutes and two models, with errors and cancels.
+        let outcomes = [
+            "ok",
+            "upstream_error",
+            "cancelled",
+            "ok",
+            "upstream_timeout",
+        ];
+        let unrolled: Vec<RequestRow> = (0..30)
+            .map(|i| {
+                let model = if i % 2 == 0 { "echo" } else { "small" };
+                let outcome = outcomes[i as usize % outcomes.len()];
+                raw(format!("u{i}"), model, old + i * 6_000, outcome, false)
+            })
+            .collect();
+        usage::insert_requests(conn, &unrolled)?;
+        // Too young to fold (fold age 300 s).
+        let recent: Vec<RequestRow> = (0..5)
+            .map(|i| raw(format!("r{i}"), "echo", now - MINUTE_MS + i, "ok", false))
+            .collect();
+        usage::insert_requests(conn, &recent)?;
+        Ok(())
+    })
+    .await;
+    let (history_before, rollups_before) = app
+        .query(|conn| Ok((usage_totals(conn)?, rollup_totals(conn)?)))
+        .await;
+    assert_eq!(rollups_before.0, 12);
+
+    let first = collect_once(&app).await;
+    assert_eq!(
+        (first.processed, first.stored, first.skipped),
+        (42, 30, 12),
+        "{backend:?}"
+    );
+    let (history_once, rollups_once, unrolled) = app
+        .query(|conn| {
+            Ok((
+                usage_totals(conn)?,
+                rollup_totals(conn)?,
+                unrolled_count(conn)?,
+            ))
         })
         .await;
-        let (history_before, rollups_before) = app
-            .query(|conn| Ok((usage_totals(conn)?, rollup_totals(conn)?)))
-            .await;
-        assert_eq!(rollups_before.0, 12);
+    assert_eq!(
+        history_once, history_before,
+        "{backend:?}: history unchanged"
+    );
+    assert_eq!(rollups_once.0, 42, "{backend:?}: 12 flushed + 30 folded");
+    assert_eq!(
+        rollups_once.1, 12,
+        "{backend:?}: 2 error outcomes in every 5"
+    );
+    assert_eq!(unrolled, 5, "{backend:?}: only the young rows wait");
 
-        let first = collect_once(&app).await;
-        assert_eq!(
-            (first.processed, first.stored, first.skipped),
-            (42, 30, 12),
-            "{backend:?}"
-        );
-        let (history_once, rollups_once, unrolled) = app
-            .query(|conn| {
-                Ok((
-                    usage_totals(conn)?,
-                    rollup_totals(conn)?,
-                    unrolled_count(conn)?,
-                ))
-            })
-            .await;
-        assert_eq!(
-            history_once, history_before,
-            "{backend:?}: history unchanged"
-        );
-        assert_eq!(rollups_once.0, 42, "{backend:?}: 12 flushed + 30 folded");
-        assert_eq!(
-            rollups_once.1, 12,
-            "{backend:?}: 2 error outcomes in every 5"
-        );
-        assert_eq!(unrolled, 5, "{backend:?}: only the young rows wait");
-
-        let second = collect_once(&app).await;
-        assert_eq!(
-            (second.processed, second.stored, second.skipped),
-            (42, 0, 42),
-            "{backend:?}"
-        );
-        let (history_twice, rollups_twice) = app
-            .query(|conn| Ok((usage_totals(conn)?, rollup_totals(conn)?)))
-            .await;
-        assert_eq!(
-            rollups_twice, rollups_once,
-            "{backend:?}: nothing counted twice"
-        );
-        assert_eq!(history_twice, history_before, "{backend:?}");
-    }
+    let second = collect_once(&app).await;
+    assert_eq!(
+        (second.processed, second.stored, second.skipped),
+        (42, 0, 42),
+        "{backend:?}"
+    );
+    let (history_twice, rollups_twice) = app
+        .query(|conn| Ok((usage_totals(conn)?, rollup_totals(conn)?)))
+        .await;
+    assert_eq!(
+        rollups_twice, rollups_once,
+        "{backend:?}: nothing counted twice"
+    );
+    assert_eq!(history_twice, history_before, "{backend:?}");
 }
 
 #[actix_web::test]
 async fn retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days() {
-    for backend in backends("retention_deletes_old_rows") {
-        let app = spawn_app_with(backend, |s| {
-            s.collector.raw_retention_secs = 3_600;
-            s.collector.quota_retention_days = 35;
-        })
-        .await;
-        let now = now_ms();
-        let today = chrono::Utc::now().date_naive();
-        let day = |back: u64| {
-            today
-                .checked_sub_days(chrono::Days::new(back))
-                .expect("day")
-                .format("%Y-%m-%d")
-                .to_string()
-        };
-        let days: Vec<String> = [0, 10, 35, 36, 40].into_iter().map(day).collect();
-        let seeded_days = days.clone();
-        app.query(move |conn| {
-            insert_flushed(
-                conn,
-                &[
-                    raw("old-flushed".into(), "echo", now - 2 * HOUR_MS, "ok", true),
-                    raw(
-                        "new-flushed".into(),
-                        "echo",
-                        now - 10 * MINUTE_MS,
-                        "ok",
-                        true,
-                    ),
-                ],
-            )?;
-            usage::insert_requests(
-                conn,
-                &[raw(
-                    "old-unrolled".into(),
-                    "echo",
-                    now - 3 * HOUR_MS,
-                    "ok",
-                    false,
-                )],
-            )?;
-            users::insert_user_if_missing(conn, "alice", now)?;
-            for day in &seeded_days {
-                diesel::insert_into(quota_usage::table)
-                    .values((
-                        quota_usage::user_id.eq("alice"),
-                        quota_usage::day.eq(day),
-                        quota_usage::used.eq(3i64),
-                    ))
-                    .execute(conn)?;
-            }
-            usage::claim_batch(conn, "old-batch", now - 2 * 24 * HOUR_MS)?;
-            usage::claim_batch(conn, "new-batch", now)?;
-            Ok(())
-        })
-        .await;
+    retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days_on(Backend::Sqlite).await;
+}
 
-        collect_once(&app).await;
-        let (ids, kept_days, batches, rollups) = app
-            .query(|conn| {
-                let ids: Vec<String> = request_log::table
-                    .select(request_log::id)
-                    .order(request_log::id)
-                    .load(conn)?;
-                let kept_days: Vec<String> = quota_usage::table
-                    .select(quota_usage::day)
-                    .order(quota_usage::day.desc())
-                    .load(conn)?;
-                let batches: Vec<String> =
-                    flush_batches::table.select(flush_batches::id).load(conn)?;
-                Ok((ids, kept_days, batches, rollup_totals(conn)?))
-            })
-            .await;
-        // The old unrolled row was folded first, then deleted with the other old one.
-        assert_eq!(ids, ["new-flushed"], "{backend:?}");
-        assert_eq!(rollups.0, 3, "{backend:?}: deleted rows stay counted");
-        assert_eq!(kept_days, days[..3], "{backend:?}: 35 days back are kept");
-        assert_eq!(batches, ["new-batch"], "{backend:?}");
-    }
+#[actix_web::test]
+#[ignore = "needs TEST_POSTGRES_URL"]
+async fn retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days_postgres() {
+    require_postgres();
+    retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days_on(Backend::Postgres).await;
+}
+
+async fn retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days_on(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        s.collector.raw_retention_secs = 3_600;
+        s.collector.quota_retention_days = 35;
+    })
+    .await;
+    let now = now_ms();
+    let today = chrono::Utc::now().date_naive();
+    let day = |back: u64| {
+        today
+            .checked_sub_days(chrono::Days::new(back))
+            .expect("day")
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let days: Vec<String> = [0, 10, 35, 36, 40].into_iter().map(day).collect();
+    let seeded_days = days.clone();
+    app.query(move |conn| {
+        insert_flushed(
+            conn,
+            &[
+                raw("old-flushed".into(), "echo", now - 2 * HOUR_MS, "ok", true),
+                raw(
+                    "new-flushed".into(),
+                    "echo",
+                    now - 10 * MINUTE_MS,
+                    "ok",
+                    true,
+                ),
+            ],
+        )?;
+        usage::insert_requests(
+            conn,
+            &[raw(
+                "old-unrolled".into(),
+                "echo",
+                now - 3 * HOUR_MS,
+                "ok",
+                false,
+            )],
+        )?;
+        users::insert_user_if_missing(conn, "alice", now)?;
+        for day in &seeded_days {
+            diesel::insert_into(quota_usage::table)
+                .values((
+                    quota_usage::user_id.eq("alice"),
+                    quota_usage::day.eq(day),
+                    quota_usage::used.eq(3i64),
+                ))
+                .execute(conn)?;
+        }
+        usage::claim_batch(conn, "old-batch", now - 2 * 24 * HOUR_MS)?;
+        usage::claim_batch(conn, "new-batch", now)?;
+        Ok(())
+    })
+    .await;
+
+    collect_once(&app).await;
+    let (ids, kept_days, batches, rollups) = app
+        .query(|conn| {
+            let ids: Vec<String> = request_log::table
+                .select(request_log::id)
+                .order(request_log::id)
+                .load(conn)?;
+            let kept_days: Vec<String> = quota_usage::table
+                .select(quota_usage::day)
+                .order(quota_usage::day.desc())
+                .load(conn)?;
+            let batches: Vec<String> = flush_batches::table.select(flush_batches::id).load(conn)?;
+            Ok((ids, kept_days, batches, rollup_totals(conn)?))
+        })
+        .await;
+    // The old unrolled row was folded first, then deleted with the other old one.
+    assert_eq!(ids, ["new-flushed"], "{backend:?}");
+    assert_eq!(rollups.0, 3, "{backend:?}: deleted rows stay counted");
+    assert_eq!(kept_days, days[..3], "{backend:?}: 35 days back are kept");
+    assert_eq!(batches, ["new-batch"], "{backend:?}");
 }
 
 #[actix_web::test]

@@ -63,3 +63,16 @@ async fn every_file_the_page_references_is_served() {
         assert!(!body.is_empty());
     }
 }
+
+#[actix_web::test]
+async fn root_redirects_to_the_dashboard() {
+    let app = spawn_app().await;
+    let client = awc::Client::builder().disable_redirects().finish();
+    let response = client.get(app.url("/")).send().await.expect("request");
+    assert_eq!(response.status().as_u16(), 302);
+    assert_eq!(header(response.headers(), "location"), "/admin");
+    // A client that follows redirects lands on the page.
+    let (status, _, body) = fetch(&app, "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>chatgate"), "{body}");
+}

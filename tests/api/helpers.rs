@@ -1,5 +1,5 @@
 //! Test harness: a real chatgate on port 0 with its own database (a temp SQLite file, or a
-//! fresh PostgreSQL schema when asked and `TEST_POSTGRES_URL` is set).
+//! fresh PostgreSQL schema under `TEST_POSTGRES_URL` for the tests that need one).
 
 // Shared by every test module; not each module uses every helper.
 #![allow(dead_code)]
@@ -23,13 +23,15 @@ pub enum Backend {
     Postgres,
 }
 
-/// SQLite always; PostgreSQL too when `TEST_POSTGRES_URL` is set (else says it was skipped).
-pub fn backends(test: &str) -> Vec<Backend> {
-    if postgres_url().is_some() {
-        vec![Backend::Sqlite, Backend::Postgres]
-    } else {
-        eprintln!("{test}: PostgreSQL part skipped (TEST_POSTGRES_URL not set)");
-        vec![Backend::Sqlite]
+/// The PostgreSQL URL for a test marked `#[ignore = "needs TEST_POSTGRES_URL"]`; such a test run
+/// with `--include-ignored` and no URL fails here rather than passing without testing anything.
+pub fn require_postgres() -> String {
+    match postgres_url() {
+        Some(url) => url,
+        None => panic!(
+            "this test needs PostgreSQL: set TEST_POSTGRES_URL \
+             (e.g. postgres://postgres@127.0.0.1:5432/test) or run it through .ci/run"
+        ),
     }
 }
 

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use chatgate::db::queries::usage;
 
 use crate::helpers::{
-    backends, eventually, postgres_url, run_chats, spawn_app_with, spawn_with_settings,
-    test_settings, Backend, TestApp, TestDatabase,
+    eventually, require_postgres, run_chats, spawn_app_with, spawn_with_settings, test_settings,
+    Backend, TestApp, TestDatabase,
 };
 use crate::tcp_proxy::TcpProxy;
 use crate::ws_client::{connect_with, ConnectOptions, Incoming, WsClient};
@@ -23,37 +23,46 @@ async fn stored_counts(app: &TestApp) -> (i64, i64) {
 
 #[actix_web::test]
 async fn every_chat_is_persisted_exactly_once_after_shutdown() {
-    for backend in backends("every_chat_is_persisted_exactly_once") {
-        let app = spawn_app_with(backend, |s| {
-            s.limits.user_rate_limit = 10_000;
-            // Long enough that only the shutdown flush writes most rows.
-            s.timers.flush_interval_ms = 60_000;
+    every_chat_is_persisted_exactly_once_after_shutdown_on(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_POSTGRES_URL"]
+async fn every_chat_is_persisted_exactly_once_after_shutdown_postgres() {
+    require_postgres();
+    every_chat_is_persisted_exactly_once_after_shutdown_on(Backend::Postgres).await;
+}
+
+async fn every_chat_is_persisted_exactly_once_after_shutdown_on(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        s.limits.user_rate_limit = 10_000;
+        // Long enough that only the shutdown flush writes most rows.
+        s.timers.flush_interval_ms = 60_000;
+    })
+    .await;
+    assert_eq!(run_chats(&app, 10, 50).await, 500);
+    // The same path SIGTERM takes (the CLI test checks the signal itself).
+    app.shutdown.trigger();
+    let result = tokio::time::timeout(Duration::from_secs(15), app.stopped).await;
+    assert!(
+        matches!(result, Ok(Ok(Ok(())))),
+        "{backend:?}: clean shutdown"
+    );
+    let db = app.database.pool();
+    let counts = db
+        .run(|conn| {
+            Ok((
+                usage::count_requests(conn)?,
+                usage::sum_rollup_requests(conn)?,
+            ))
         })
-        .await;
-        assert_eq!(run_chats(&app, 10, 50).await, 500);
-        // The same path SIGTERM takes (the CLI test checks the signal itself).
-        app.shutdown.trigger();
-        let result = tokio::time::timeout(Duration::from_secs(15), app.stopped).await;
-        assert!(
-            matches!(result, Ok(Ok(Ok(())))),
-            "{backend:?}: clean shutdown"
-        );
-        let db = app.database.pool();
-        let counts = db
-            .run(|conn| {
-                Ok((
-                    usage::count_requests(conn)?,
-                    usage::sum_rollup_requests(conn)?,
-                ))
-            })
-            .await
-            .expect("count");
-        assert_eq!(
-            counts,
-            (500, 500),
-            "{backend:?}: request rows, rollup requests"
-        );
-    }
+        .await
+        .expect("count");
+    assert_eq!(
+        counts,
+        (500, 500),
+        "{backend:?}: request rows, rollup requests"
+    );
 }
 
 #[actix_web::test]
@@ -202,11 +211,9 @@ async fn live_feed_pushes_a_metrics_frame_every_second() {
 }
 
 #[actix_web::test]
+#[ignore = "needs TEST_POSTGRES_URL"]
 async fn database_outage_degrades_chats_and_loses_no_usage() {
-    let Some(base) = postgres_url() else {
-        eprintln!("database_outage_degrades_chats_and_loses_no_usage: skipped (TEST_POSTGRES_URL not set)");
-        return;
-    };
+    let base = require_postgres();
     let database = TestDatabase::new(Backend::Postgres);
     let target: std::net::SocketAddr = "127.0.0.1:5432".parse().expect("addr");
     let proxy = TcpProxy::start(target);

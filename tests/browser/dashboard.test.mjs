@@ -153,6 +153,26 @@ function runChats(base, token, models) {
   });
 }
 
+/** One chat for a model the server does not serve: refused at admission (`unsupported_model`),
+ *  which the model windows never see. Resolves with the error code. */
+function refusedChat(base, token) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${base.replace('http', 'ws')}/ws?token=${token}`);
+    ws.on('message', (data) => {
+      const frame = JSON.parse(String(data));
+      if (frame.type === 'session') {
+        ws.send(JSON.stringify({ type: 'chat', id: 'r1', model: 'no-such-model', content: 'hi' }));
+      } else if (frame.type === 'error') {
+        ws.close();
+        resolve(frame.code);
+      } else if (frame.type === 'done') {
+        reject(new Error(`a chat for an unknown model was answered: ${String(data)}`));
+      }
+    });
+    ws.on('error', reject);
+  });
+}
+
 /** Opens a chat connection and leaves it open; resolves with its session id and close code. */
 function openSession(base, token) {
   return new Promise((resolve, reject) => {
@@ -278,6 +298,15 @@ async function main() {
   // The rest of the page follows the same frames.
   await eventually('totals and recent list', 3000, async () => Number(await page.textContent('#t-rps')) > 0
     && await page.locator('#recent tbody tr:not(.empty)').count() > 0);
+  // errors/s includes chats refused at admission: every chat so far succeeded, so the only
+  // errors in the last minute are these refusals.
+  check(Number(await page.textContent('#t-eps')) === 0, 'errors/s is 0 before any refusal');
+  for (let i = 0; i < 3; i += 1) {
+    const code = await refusedChat(base, user);
+    check(code === 'unsupported_model', `refused with unsupported_model, got ${code}`);
+  }
+  await eventually('errors/s counting admission refusals', 5000, async () => Number(await page.textContent('#t-eps')) > 0);
+  log(`ok: 3 admission refusals show in errors/s (${await page.textContent('#t-eps')})`);
   await page.click('.seg button[data-window="hour"]');
   check(await countOf(page, 'echo') === '12' && await countOf(page, 'echo2') === '8', 'hour window has the same counts');
   await page.click('.seg button[data-window="minute"]');
