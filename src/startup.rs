@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{middleware, web, App, HttpRequest, HttpServer};
+use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::watch;
 
@@ -440,7 +440,6 @@ fn build_server(
             .app_data(query_config())
             .app_data(path_config())
             .configure(http::configure)
-            .default_service(web::to(not_found))
     })
     .on_connect(on_connect)
     .disable_signals()
@@ -472,14 +471,6 @@ fn on_connect(connection: &dyn std::any::Any, extensions: &mut actix_web::dev::E
         use std::os::fd::AsRawFd;
         extensions.insert(crate::ws::connection::ConnectionFd(stream.as_raw_fd()));
     }
-}
-
-async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, AppError> {
-    Err(AppError::NotFound(format!(
-        "no route for {} {}",
-        req.method(),
-        req.path()
-    )))
 }
 
 fn json_config(limit: usize) -> web::JsonConfig {
