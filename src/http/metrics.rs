@@ -9,7 +9,7 @@ use crate::actors::metrics::GetLifetimeCounters;
 use crate::actors::session_registry::GetSessionStats;
 use crate::actors::ws_hub::GetHubStats;
 use crate::auth::AdminIdentity;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::http::openapi::AdminRefusals;
 use crate::http::prometheus::Encoder;
 use crate::report::{AdminMetrics, ReportSources};
@@ -35,7 +35,12 @@ fn sources(state: &AppState) -> ReportSources {
     tag = "admin",
     security(("bearer_jwt" = [])),
     params(MetricsQuery),
-    responses((status = 200, description = "The snapshot", body = AdminMetrics), AdminRefusals)
+    responses(
+        (status = 200, description = "The snapshot", body = AdminMetrics),
+        (status = 400, description = "`bad_request`: `recent` is not a whole number",
+            body = ErrorBody),
+        AdminRefusals,
+    )
 )]
 #[get("/admin/metrics")]
 pub async fn admin_metrics(
