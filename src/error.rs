@@ -19,6 +19,7 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     NotFound,
+    MethodNotAllowed,
     UnsupportedModel,
     PreconditionFailed,
     TooLarge,
@@ -33,11 +34,12 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::UnsupportedModel,
         ErrorCode::PreconditionFailed,
         ErrorCode::TooLarge,
@@ -57,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnsupportedModel => "unsupported_model",
             ErrorCode::PreconditionFailed => "precondition_failed",
             ErrorCode::TooLarge => "too_large",
@@ -77,6 +80,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited | ErrorCode::QuotaExceeded | ErrorCode::UpstreamRateLimited => {
@@ -107,6 +111,9 @@ pub enum AppError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// A known path asked with a method it does not serve; `allow` lists those it does.
+    #[error("{message}")]
+    MethodNotAllowed { message: String, allow: String },
     #[error("{0}")]
     UnsupportedModel(String),
     #[error("{0}")]
@@ -176,6 +183,7 @@ impl AppError {
             AppError::Unauthorized(_) => ErrorCode::Unauthorized,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
             AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             AppError::UnsupportedModel(_) => ErrorCode::UnsupportedModel,
             AppError::PreconditionFailed(_) => ErrorCode::PreconditionFailed,
             AppError::TooLarge(_) => ErrorCode::TooLarge,
@@ -245,6 +253,9 @@ impl ResponseError for AppError {
                 retry_after_header_secs(retry_after).to_string(),
             ));
         }
+        if let AppError::MethodNotAllowed { allow, .. } = self {
+            builder.insert_header((header::ALLOW, allow.as_str()));
+        }
         builder.json(self.body())
     }
 }
@@ -291,6 +302,10 @@ mod tests {
             ErrorCode::Unauthorized => AppError::Unauthorized(msg),
             ErrorCode::Forbidden => AppError::Forbidden(msg),
             ErrorCode::NotFound => AppError::NotFound(msg),
+            ErrorCode::MethodNotAllowed => AppError::MethodNotAllowed {
+                message: msg,
+                allow: "GET".into(),
+            },
             ErrorCode::UnsupportedModel => AppError::UnsupportedModel(msg),
             ErrorCode::PreconditionFailed => AppError::PreconditionFailed(msg),
             ErrorCode::TooLarge => AppError::TooLarge(msg),
@@ -319,11 +334,12 @@ mod tests {
 
     #[actix_web::test]
     async fn every_variant_maps_to_its_contract_status_and_body() {
-        let expected: [(ErrorCode, u16); 15] = [
+        let expected: [(ErrorCode, u16); 16] = [
             (ErrorCode::BadRequest, 400),
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::Forbidden, 403),
             (ErrorCode::NotFound, 404),
+            (ErrorCode::MethodNotAllowed, 405),
             (ErrorCode::UnsupportedModel, 400),
             (ErrorCode::PreconditionFailed, 412),
             (ErrorCode::TooLarge, 413),

@@ -9,6 +9,7 @@
 
 pub mod migrations;
 pub mod models;
+pub mod outage;
 pub mod queries;
 pub mod retry;
 pub mod schema;
@@ -191,6 +192,7 @@ impl DbPool {
         // forever, so migrations and queries see the same data.
         let memory = url.is_sqlite_memory();
         let max_size = if memory { 1 } else { settings.max_size };
+        let outage = outage::OutageLog::default();
         let pool = r2d2::Pool::builder()
             .max_size(max_size)
             .min_idle(Some(if memory { 1 } else { 0 }))
@@ -205,7 +207,12 @@ impl DbPool {
                 Some(Duration::from_secs(1800))
             })
             .connection_timeout(settings.connection_timeout)
-            .test_on_check_out(false)
+            // A connection that died while idle (the server restarted, a proxy or NAT dropped
+            // it) is found and replaced at checkout instead of failing the request it is
+            // lent to; the check is one round trip per checkout.
+            .test_on_check_out(true)
+            .error_handler(Box::new(outage.clone()))
+            .event_handler(Box::new(outage))
             .build_unchecked(DbConnectionManager::new(url.clone()));
         DbPool {
             pool,
@@ -265,13 +272,18 @@ impl DbPool {
         }
     }
 
-    /// Whether the database answers a trivial query now (for `/readyz`). No retries: a probe
-    /// must report the present, not wait for the future.
-    pub async fn ping(&self) -> Result<(), DbError> {
-        let pool = self.clone();
-        actix_web::web::block(move || pool.run_blocking(&|conn: &mut DbConnection| conn.ping()))
-            .await
-            .map_err(|_| DbError::Canceled)?
+    /// Whether the database answers a trivial query now (for `/readyz`), waiting at most
+    /// `within` for a connection instead of the pool's timeout. No retries: a probe must
+    /// report the present, not wait for the future.
+    pub async fn ping(&self, within: Duration) -> Result<(), DbError> {
+        let pool = self.pool.clone();
+        actix_web::web::block(move || -> Result<(), DbError> {
+            let mut conn = pool.get_timeout(within)?;
+            conn.ping()?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| DbError::Canceled)?
     }
 }
 

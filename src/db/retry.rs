@@ -43,8 +43,17 @@ pub fn classify(err: &Error) -> Transience {
             | DatabaseErrorKind::ForeignKeyViolation
             | DatabaseErrorKind::NotNullViolation
             | DatabaseErrorKind::CheckViolation
-            | DatabaseErrorKind::ReadOnlyTransaction
-            | DatabaseErrorKind::UnableToSendCommand => Transience::Permanent,
+            | DatabaseErrorKind::ReadOnlyTransaction => Transience::Permanent,
+            // libpq could not send the statement: the connection is gone ("no connection to
+            // the server", "server closed the connection"), which a fresh connection fixes.
+            // Only a statement libpq refuses to build is the caller's fault.
+            DatabaseErrorKind::UnableToSendCommand => {
+                if info.message().contains("number of parameters") {
+                    Transience::Permanent
+                } else {
+                    Transience::Transient
+                }
+            }
             _ => message_transience(info.message()),
         },
         Error::BrokenTransactionManager => Transience::Transient,
@@ -152,6 +161,14 @@ mod tests {
                 "server closed the connection unexpectedly",
             ),
             db_err(DatabaseErrorKind::Unknown, "connection reset by peer"),
+            db_err(
+                DatabaseErrorKind::UnableToSendCommand,
+                "no connection to the server\n",
+            ),
+            db_err(
+                DatabaseErrorKind::UnableToSendCommand,
+                "server closed the connection unexpectedly\n\tThis probably means",
+            ),
         ] {
             assert_eq!(classify(&err), Transience::Transient, "{err:?}");
         }
@@ -163,6 +180,10 @@ mod tests {
             db_err(DatabaseErrorKind::UniqueViolation, "duplicate key"),
             db_err(DatabaseErrorKind::ForeignKeyViolation, "fk"),
             db_err(DatabaseErrorKind::CheckViolation, "check"),
+            db_err(
+                DatabaseErrorKind::UnableToSendCommand,
+                "number of parameters must be between 0 and 65535",
+            ),
             db_err(
                 DatabaseErrorKind::Unknown,
                 "syntax error at or near \"SELEC\"",

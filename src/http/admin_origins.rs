@@ -17,9 +17,16 @@ use crate::http::openapi::AdminRefusals;
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Origins {
-    #[schema(example = json!(["https://app.example.com"]))]
+    /// Each entry is `*` or `scheme://host[:port]` (surrounding blanks are ignored).
+    #[schema(example = json!(["https://app.example.com"]),
+        inline, value_type = Vec<OriginPattern>)]
     origins: Vec<String>,
 }
+
+/// One allow-list entry as the handler accepts it (see `config::is_origin`).
+#[derive(ToSchema)]
+#[schema(pattern = r"^\s*(\*|[A-Za-z0-9+.\-]+://[^/?# ]*[^/?#\s])\s*$")]
+pub struct OriginPattern(#[allow(dead_code)] String);
 
 /// The allow-list the next WebSocket handshake is checked against.
 #[utoipa::path(

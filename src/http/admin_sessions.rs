@@ -41,6 +41,7 @@ pub struct ListQuery {
     #[param(inline)]
     state: Option<StateFilter>,
     /// Page size, 1–1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -122,7 +123,8 @@ pub async fn list_sessions(
 #[utoipa::path(
     tag = "admin",
     security(("bearer_jwt" = [])),
-    params(("id" = String, Path, description = "Session id")),
+    params(("id" = String, Path, description = "Session id", min_length = 1, max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")),
     responses(
         (status = 204, description = "Ended"),
         (status = 400, description = "`bad_request`: not a session id", body = ErrorBody),

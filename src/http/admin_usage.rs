@@ -55,6 +55,7 @@ pub async fn start_collection(
 #[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     /// Page size, 1–1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

@@ -54,6 +54,7 @@ fn parse_user_id(raw: &str) -> Result<UserId, AppError> {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1–1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -104,7 +105,8 @@ pub async fn list_users(
 #[utoipa::path(
     tag = "admin",
     security(("bearer_jwt" = [])),
-    params(("id" = String, Path, description = "User id (a token's `sub`)")),
+    params(("id" = String, Path, description = "User id (a token's `sub`)",
+            min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")),
     responses(
         (status = 200, description = "The user", body = UserView,
             headers(("ETag" = String, description = "`\"<version>\"`, for `If-Match`"))),
@@ -143,9 +145,32 @@ pub async fn get_user(
 #[serde(deny_unknown_fields)]
 pub struct PutUser {
     /// `null` or absent: the default quota applies.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 0)]
     daily_limit: Option<i64>,
     disabled: bool,
+}
+
+/// JSON has one number type: `5.0` is the integer 5 (as the document's `integer` says), while
+/// `5.5` is refused.
+fn whole_number<'de, D>(deserializer: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_i64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
+            Ok(Some(f as i64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "daily_limit must be a whole number, got {number}"
+        ))),
+    }
 }
 
 /// What `If-Match` asks for: absent (unconditional), `*` (any existing version) or a version.
@@ -180,7 +205,8 @@ fn precondition(req: &HttpRequest) -> Precondition {
     tag = "admin",
     security(("bearer_jwt" = [])),
     params(
-        ("id" = String, Path, description = "User id (a token's `sub`)"),
+        ("id" = String, Path, description = "User id (a token's `sub`)",
+            min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"),
         ("If-Match" = Option<String>, Header,
             description = "`\"<version>\"` from `ETag`, or `*` for any existing version"),
     ),

@@ -15,9 +15,16 @@ pub use crate::app_state::GuardLimiters;
 use crate::auth::{token_from_request, JwtKeys, Role};
 use crate::error::AppError;
 
-/// Routes under the admin limit. The dashboard page itself (`/admin`) needs no token.
-fn is_admin_route(path: &str) -> bool {
-    path == "/metrics" || path.starts_with("/admin/")
+/// Whether the request goes to a route under the admin limit. Decided on the route the router
+/// will pick: its pattern, looked up with the percent-decoded path the router matches on, so
+/// `/%61dmin/users` counts like `/admin/users`. The dashboard page itself (`/admin`) needs no
+/// token.
+fn is_admin_route(req: &ServiceRequest) -> bool {
+    let routed_path = req.match_info().as_str();
+    match req.request().resource_map().match_pattern(routed_path) {
+        Some(pattern) => pattern == "/metrics" || pattern.starts_with("/admin/"),
+        None => false,
+    }
 }
 
 async fn check(
@@ -46,7 +53,7 @@ pub async fn guard(
     };
     match keys.verify(&token) {
         Ok(identity) => {
-            if identity.role == Role::Admin && is_admin_route(req.path()) {
+            if identity.role == Role::Admin && is_admin_route(&req) {
                 let key: Arc<str> = Arc::from(identity.user.as_str());
                 if let Admission::Limited { retry_after } =
                     check(&limiters.admins, key, "admin_rate_limiter").await?

@@ -12,7 +12,7 @@ use crate::actors::report::{AdminMetrics, HubStats};
 use crate::actors::session_registry::GetSessionStats;
 use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::http::metrics_render::{render, PrometheusSnapshot};
 use crate::http::openapi::AdminRefusals;
 
@@ -28,7 +28,12 @@ pub struct MetricsQuery {
     tag = "admin",
     security(("bearer_jwt" = [])),
     params(MetricsQuery),
-    responses((status = 200, description = "The snapshot", body = AdminMetrics), AdminRefusals)
+    responses(
+        (status = 200, description = "The snapshot", body = AdminMetrics),
+        (status = 400, description = "`bad_request`: `recent` is not a whole number",
+            body = ErrorBody),
+        AdminRefusals,
+    )
 )]
 #[get("/admin/metrics")]
 pub async fn admin_metrics(

@@ -46,11 +46,11 @@ impl Bucket {
 #[into_params(parameter_in = Query)]
 pub struct HistoryParams {
     /// Window start, RFC 3339.
-    #[param(example = "2026-11-25T00:00:00Z")]
+    #[param(format = DateTime, example = "2026-11-25T00:00:00Z")]
     from: String,
     /// Window end, RFC 3339; at most 24 h after `from` for minute buckets, 31 days for hour,
     /// 366 days for day.
-    #[param(example = "2026-11-26T00:00:00Z")]
+    #[param(format = DateTime, example = "2026-11-26T00:00:00Z")]
     to: String,
     #[param(inline)]
     bucket: Bucket,
@@ -59,6 +59,7 @@ pub struct HistoryParams {
     /// Only this user.
     user: Option<String>,
     /// Page size, 1–1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,

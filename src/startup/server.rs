@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 
 use actix_web::dev::Server;
-use actix_web::{middleware, web, App, HttpRequest, HttpServer};
+use actix_web::{middleware, web, App, HttpServer};
 
 use super::shutdown::http_drain_secs;
 use crate::app_state::AppState;
@@ -47,7 +47,6 @@ pub(super) fn build_server(
             .app_data(query_config())
             .app_data(path_config())
             .configure(http::configure)
-            .default_service(web::to(not_found))
     })
     .on_connect(on_connect)
     .disable_signals()
@@ -79,14 +78,6 @@ fn on_connect(connection: &dyn std::any::Any, extensions: &mut actix_web::dev::E
         use std::os::fd::AsRawFd;
         extensions.insert(crate::ws::transport::ConnectionFd(stream.as_raw_fd()));
     }
-}
-
-async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, AppError> {
-    Err(AppError::NotFound(format!(
-        "no route for {} {}",
-        req.method(),
-        req.path()
-    )))
 }
 
 fn json_config(limit: usize) -> web::JsonConfig {

@@ -4,6 +4,8 @@ mod chat_ws;
 mod cli;
 mod collector;
 mod dashboard;
+mod db_faults;
+mod hardening;
 mod health;
 mod helpers;
 mod loadtest;

@@ -43,7 +43,10 @@ pub struct ModelList<'a> {
     responses((status = 200, description = "The models", body = ModelList), UserRefusals)
 )]
 #[get("/v1/models")]
-pub async fn list_models(_caller: UserIdentity, state: web::Data<AppState>) -> HttpResponse {
+pub async fn list_models(
+    _caller: crate::http::active_user::ActiveUser,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let data = state
         .settings
         .models
