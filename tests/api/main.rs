@@ -4,6 +4,7 @@ mod chat_ws;
 mod cli;
 mod collector;
 mod dashboard;
+mod flusher;
 mod health;
 mod helpers;
 mod loadtest;
