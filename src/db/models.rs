@@ -42,7 +42,6 @@ pub struct RequestRow {
     pub tokens_out: i64,
     pub estimated: bool,
     pub outcome: String,
-    pub rolled_up: bool,
 }
 
 impl RequestRow {
@@ -58,8 +57,6 @@ impl RequestRow {
             tokens_out: record.tokens_out as i64,
             estimated: record.estimated,
             outcome: record.outcome.as_str().to_string(),
-            // The flusher counts each row into the rollups in the same transaction.
-            rolled_up: true,
         }
     }
 

@@ -94,7 +94,6 @@ fn request(id: &str, session_id: &str) -> RequestRow {
         tokens_out: 1,
         estimated: false,
         outcome: "ok".into(),
-        rolled_up: true,
     }
 }
 

@@ -86,12 +86,11 @@ impl Collector {
         let plan = self.state.started(&run);
         // Debug: the run's one info line is its `event=collector_run` summary at the end.
         log::debug!(
-            "event=collector_run_started run_id={} trigger={} holder={} fold_before_ms={} \
+            "event=collector_run_started run_id={} trigger={} holder={} \
              delete_raw_before_ms={} keep_quota_from_day={}",
             run.run_id,
             run.trigger.as_str(),
             self.state.holder(),
-            plan.fold_before_ms,
             plan.delete_raw_before_ms,
             plan.keep_quota_from_day
         );

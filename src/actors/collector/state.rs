@@ -92,7 +92,6 @@ pub fn plan_at(started_at_ms: i64, settings: &CollectorSettings) -> CollectPlan 
         // A start outside chrono's range cannot happen with a sane clock; prune nothing then.
         .unwrap_or_else(|| "0000-01-01".to_string());
     CollectPlan {
-        fold_before_ms: started_at_ms.saturating_sub(secs_ms(settings.fold_age_secs)),
         delete_raw_before_ms: started_at_ms.saturating_sub(secs_ms(settings.raw_retention_secs)),
         keep_quota_from_day,
         forget_batches_before_ms: started_at_ms.saturating_sub(BATCH_LEDGER_KEEP_MS),
@@ -227,7 +226,6 @@ mod tests {
             .expect("time")
             .timestamp_millis();
         let plan = plan_at(start, &settings(3600, 60));
-        assert_eq!(plan.fold_before_ms, start - 300_000);
         assert_eq!(plan.delete_raw_before_ms, start - 7 * 24 * 3_600_000);
         assert_eq!(plan.forget_batches_before_ms, start - 24 * 3_600_000);
         // 35 days back from 2026-03-10 (a UTC day, like the quota's own key).

@@ -216,7 +216,6 @@ mod tests {
             tokens_out: 1,
             estimated: false,
             outcome: "ok".into(),
-            rolled_up: true,
         }
     }
 

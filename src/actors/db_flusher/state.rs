@@ -335,7 +335,6 @@ mod tests {
             tokens_out: 1,
             estimated: false,
             outcome: "ok".into(),
-            rolled_up: true,
         }
     }
 

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
 use crate::db::models::{CollectorRunRow, LeaseRow};
-use crate::db::schema::{collector_lease, collector_runs, quota_usage, request_log};
+use crate::db::schema::{collector_lease, collector_runs, quota_usage, request_log, sessions};
 use crate::db::DbConnection;
 use crate::with_backend;
 
@@ -65,77 +65,10 @@ UPDATE collector_lease \
 SET expires_at = CAST(ROUND(unixepoch('subsec') * 1000) AS INTEGER) + ?3 \
 WHERE name = ?1 AND run_id = ?2";
 
-// Raw rows older than the cutoff that the rollups already count. Both counts in one statement
-// so they see the same rows; both are answered from indexes (the second from the partial
-// index on unrolled rows).
-const COUNT_ROLLED_POSTGRES: &str = "\
-SELECT (SELECT COUNT(*) FROM request_log WHERE started_at < $1) \
-     - (SELECT COUNT(*) FROM request_log WHERE rolled_up = false AND started_at < $1) AS n";
-
-const COUNT_ROLLED_SQLITE: &str = "\
-SELECT (SELECT COUNT(*) FROM request_log WHERE started_at < ?1) \
-     - (SELECT COUNT(*) FROM request_log WHERE rolled_up = false AND started_at < ?1) AS n";
-
-// Folding: each unrolled row older than the cutoff is added to its (minute, model) rollup and
-// marked rolled up, together, so a row is counted once whatever fails or repeats. The minute
-// is floored the way the flusher floors it (also for times before 1970). An error is any
-// outcome but ok and cancelled, as `RequestRow::is_error` says.
-//
-// PostgreSQL: one statement; marking comes first and the rollup is built from exactly the rows
-// marked, so a row committed concurrently is either in both or in neither.
-const FOLD_POSTGRES: &str = "\
-WITH folded AS ( \
-    UPDATE request_log SET rolled_up = true \
-    WHERE rolled_up = false AND started_at < $1 \
-    RETURNING model, started_at, latency_ms, tokens_in, tokens_out, outcome \
-), added AS ( \
-    INSERT INTO usage_rollup \
-        (bucket_start, model, requests, errors, latency_sum_ms, latency_count, tokens_in, tokens_out) \
-    SELECT started_at - ((started_at % 60000) + 60000) % 60000 AS bucket, model, COUNT(*), \
-        SUM(CASE WHEN outcome IN ('ok', 'cancelled') THEN 0 ELSE 1 END), SUM(latency_ms), \
-        COUNT(*), SUM(tokens_in), SUM(tokens_out) \
-    FROM folded GROUP BY bucket, model \
-    ON CONFLICT (bucket_start, model) DO UPDATE SET \
-        requests = usage_rollup.requests + excluded.requests, \
-        errors = usage_rollup.errors + excluded.errors, \
-        latency_sum_ms = usage_rollup.latency_sum_ms + excluded.latency_sum_ms, \
-        latency_count = usage_rollup.latency_count + excluded.latency_count, \
-        tokens_in = usage_rollup.tokens_in + excluded.tokens_in, \
-        tokens_out = usage_rollup.tokens_out + excluded.tokens_out \
-) \
-SELECT COUNT(*) AS n FROM folded";
-
-// SQLite has no data-modifying CTEs; the two statements run under the write lock that
-// `write_transaction` takes up front, so no row can appear between them.
-const FOLD_ADD_SQLITE: &str = "\
-INSERT INTO usage_rollup \
-    (bucket_start, model, requests, errors, latency_sum_ms, latency_count, tokens_in, tokens_out) \
-SELECT started_at - ((started_at % 60000) + 60000) % 60000 AS bucket, model, COUNT(*), \
-    SUM(CASE WHEN outcome IN ('ok', 'cancelled') THEN 0 ELSE 1 END), SUM(latency_ms), \
-    COUNT(*), SUM(tokens_in), SUM(tokens_out) \
-FROM request_log WHERE rolled_up = false AND started_at < ?1 \
-GROUP BY bucket, model \
-ON CONFLICT (bucket_start, model) DO UPDATE SET \
-    requests = usage_rollup.requests + excluded.requests, \
-    errors = usage_rollup.errors + excluded.errors, \
-    latency_sum_ms = usage_rollup.latency_sum_ms + excluded.latency_sum_ms, \
-    latency_count = usage_rollup.latency_count + excluded.latency_count, \
-    tokens_in = usage_rollup.tokens_in + excluded.tokens_in, \
-    tokens_out = usage_rollup.tokens_out + excluded.tokens_out";
-
-const FOLD_MARK_SQLITE: &str =
-    "UPDATE request_log SET rolled_up = true WHERE rolled_up = false AND started_at < ?1";
-
 #[derive(QueryableByName)]
 struct NowMs {
     #[diesel(sql_type = BigInt)]
     now_ms: i64,
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 #[derive(QueryableByName)]
@@ -389,9 +322,8 @@ pub fn list_runs(
 /// The cutoffs of one run, all derived from its start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CollectPlan {
-    /// Unrolled raw rows that started before this are folded into the rollups.
-    pub fold_before_ms: i64,
-    /// Rolled-up raw rows that started before this are deleted.
+    /// Raw rows that started before this are deleted (the rollups count them already), and so
+    /// are sessions that ended before it.
     pub delete_raw_before_ms: i64,
     /// Quota rows for days before this `YYYY-MM-DD` are deleted.
     pub keep_quota_from_day: String,
@@ -401,92 +333,56 @@ pub struct CollectPlan {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CollectReport {
-    /// Raw rows old enough to fold that the run looked at (`stored + skipped`).
+    /// Rows retention removed: raw request rows plus ended sessions.
     pub processed: i64,
-    /// Rows folded into the rollups by this run.
+    /// Always 0: the flusher counts every raw row into the rollups as it writes it, so a run
+    /// has nothing to fold. Kept because the run listing reports it.
     pub stored: i64,
-    /// Rows the rollups already counted.
+    /// Always 0, for the same reason.
     pub skipped: i64,
     pub raw_deleted: i64,
+    pub sessions_deleted: i64,
     pub quota_pruned: i64,
     pub batches_pruned: i64,
     /// Time spent waiting to open the write transaction (SQLite's write lock).
     pub lock_wait_ms: i64,
 }
 
-/// The compaction and retention run, in one transaction: folding and marking land together
-/// or not at all, so running it twice (or retrying it) never counts a row twice.
+/// The retention run, in one transaction.
 pub fn collect(conn: &mut DbConnection, plan: &CollectPlan) -> QueryResult<CollectReport> {
     let asked = std::time::Instant::now();
     write_transaction(conn, |conn| {
         let lock_wait_ms = i64::try_from(asked.elapsed().as_millis()).unwrap_or(i64::MAX);
-        let skipped = count_rolled_up_before(conn, plan.fold_before_ms)?;
-        let stored = fold_unrolled_before(conn, plan.fold_before_ms)?;
-        let raw_deleted = delete_rolled_up_before(conn, plan.delete_raw_before_ms)?;
+        let raw_deleted = diesel::delete(
+            request_log::table.filter(request_log::started_at.lt(plan.delete_raw_before_ms)),
+        )
+        .execute(conn)? as i64;
+        // Live sessions have no end; only those ended longer ago than the raw retention go.
+        let sessions_deleted = diesel::delete(
+            sessions::table.filter(sessions::ended_at.lt(plan.delete_raw_before_ms)),
+        )
+        .execute(conn)? as i64;
         let quota_pruned = diesel::delete(
             quota_usage::table.filter(quota_usage::day.lt(&plan.keep_quota_from_day)),
         )
         .execute(conn)?;
         let batches_pruned = usage::prune_batches(conn, plan.forget_batches_before_ms)?;
         Ok(CollectReport {
-            processed: stored + skipped,
-            stored,
-            skipped,
-            raw_deleted: raw_deleted as i64,
+            processed: raw_deleted + sessions_deleted,
+            raw_deleted,
+            sessions_deleted,
             quota_pruned: quota_pruned as i64,
             batches_pruned: batches_pruned as i64,
             lock_wait_ms,
+            ..CollectReport::default()
         })
     })
-}
-
-fn count_rolled_up_before(conn: &mut DbConnection, before_ms: i64) -> QueryResult<i64> {
-    let row: Count = match conn {
-        DbConnection::Postgres(c) => diesel::sql_query(COUNT_ROLLED_POSTGRES)
-            .bind::<BigInt, _>(before_ms)
-            .get_result(c)?,
-        DbConnection::Sqlite(c) => diesel::sql_query(COUNT_ROLLED_SQLITE)
-            .bind::<BigInt, _>(before_ms)
-            .get_result(c)?,
-    };
-    Ok(row.n)
-}
-
-/// Folds unrolled rows that started before `before_ms` into the rollups; returns how many.
-fn fold_unrolled_before(conn: &mut DbConnection, before_ms: i64) -> QueryResult<i64> {
-    match conn {
-        DbConnection::Postgres(c) => {
-            let row: Count = diesel::sql_query(FOLD_POSTGRES)
-                .bind::<BigInt, _>(before_ms)
-                .get_result(c)?;
-            Ok(row.n)
-        }
-        DbConnection::Sqlite(c) => {
-            diesel::sql_query(FOLD_ADD_SQLITE)
-                .bind::<BigInt, _>(before_ms)
-                .execute(c)?;
-            let marked = diesel::sql_query(FOLD_MARK_SQLITE)
-                .bind::<BigInt, _>(before_ms)
-                .execute(c)?;
-            Ok(marked as i64)
-        }
-    }
-}
-
-/// Deletes raw rows past retention, only those the rollups already count.
-fn delete_rolled_up_before(conn: &mut DbConnection, before_ms: i64) -> QueryResult<usize> {
-    with_backend!(conn, |c| diesel::delete(
-        request_log::table
-            .filter(request_log::rolled_up.eq(true))
-            .filter(request_log::started_at.lt(before_ms))
-    )
-    .execute(c))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::models::{RequestRow, RollupRow};
+    use crate::db::models::RequestRow;
     use crate::db::{migrations, DatabaseUrl, DbConnectionManager};
     use diesel::connection::SimpleConnection;
     use diesel::r2d2::ManageConnection;
@@ -520,7 +416,7 @@ mod tests {
         }
     }
 
-    fn raw(id: &str, model: &str, started_at: i64, outcome: &str, rolled_up: bool) -> RequestRow {
+    fn raw(id: &str, model: &str, started_at: i64, outcome: &str) -> RequestRow {
         RequestRow {
             id: id.into(),
             user_id: "u".into(),
@@ -532,17 +428,7 @@ mod tests {
             tokens_out: 3,
             estimated: false,
             outcome: outcome.into(),
-            rolled_up,
         }
-    }
-
-    fn rollups(conn: &mut DbConnection) -> Vec<RollupRow> {
-        use crate::db::schema::usage_rollup::dsl as u;
-        u::usage_rollup
-            .select(RollupRow::as_select())
-            .order((u::bucket_start, u::model))
-            .load(conn)
-            .expect("rollups")
     }
 
     #[test]
@@ -628,130 +514,51 @@ mod tests {
     }
 
     #[test]
-    fn folding_counts_each_unrolled_row_once_per_minute_and_model() {
-        let mut conn = sqlite();
-        let minute = 1_700_000_040_000; // a whole minute
-        usage::insert_requests(
-            &mut conn,
-            &[
-                raw("a", "echo", minute + 1, "ok", false),
-                raw("b", "echo", minute + 59_999, "upstream_error", false),
-                raw("c", "small", minute + 5, "cancelled", false),
-                raw("d", "echo", minute + 60_000, "ok", false),
-                raw("e", "echo", minute + 2, "ok", true),
-                raw("late", "echo", minute + 600_000, "ok", false),
-            ],
-        )
-        .expect("insert");
-        let plan = CollectPlan {
-            fold_before_ms: minute + 300_000,
-            delete_raw_before_ms: 0,
-            keep_quota_from_day: "1970-01-01".into(),
-            forget_batches_before_ms: 0,
-        };
-        let first = collect(&mut conn, &plan).expect("collect");
-        assert_eq!((first.processed, first.stored, first.skipped), (5, 4, 1));
-        let expected = vec![
-            RollupRow {
-                bucket_start: minute,
-                model: "echo".into(),
-                requests: 2,
-                errors: 1,
-                latency_sum_ms: 20,
-                latency_count: 2,
-                tokens_in: 4,
-                tokens_out: 6,
-            },
-            RollupRow {
-                bucket_start: minute,
-                model: "small".into(),
-                requests: 1,
-                errors: 0,
-                latency_sum_ms: 10,
-                latency_count: 1,
-                tokens_in: 2,
-                tokens_out: 3,
-            },
-            RollupRow {
-                bucket_start: minute + 60_000,
-                model: "echo".into(),
-                requests: 1,
-                errors: 0,
-                latency_sum_ms: 10,
-                latency_count: 1,
-                tokens_in: 2,
-                tokens_out: 3,
-            },
-        ];
-        assert_eq!(rollups(&mut conn), expected);
-        let second = collect(&mut conn, &plan).expect("collect");
-        assert_eq!((second.processed, second.stored, second.skipped), (5, 0, 5));
-        assert_eq!(rollups(&mut conn), expected, "a second run adds nothing");
-    }
-
-    #[test]
-    fn folding_adds_to_an_existing_rollup_and_floors_times_before_1970() {
-        let mut conn = sqlite();
-        usage::add_rollups(
-            &mut conn,
-            &[RollupRow {
-                bucket_start: -60_000,
-                model: "echo".into(),
-                requests: 5,
-                errors: 0,
-                latency_sum_ms: 50,
-                latency_count: 5,
-                tokens_in: 0,
-                tokens_out: 0,
-            }],
-        )
-        .expect("rollup");
-        usage::insert_requests(&mut conn, &[raw("a", "echo", -1, "ok", false)]).expect("insert");
-        let plan = CollectPlan {
-            fold_before_ms: 0,
-            delete_raw_before_ms: 0,
-            keep_quota_from_day: "1970-01-01".into(),
-            forget_batches_before_ms: 0,
-        };
-        collect(&mut conn, &plan).expect("collect");
-        let rows = rollups(&mut conn);
-        assert_eq!(rows.len(), 1, "{rows:?}");
-        assert_eq!((rows[0].requests, rows[0].latency_sum_ms), (6, 60));
-    }
-
-    #[test]
-    fn retention_deletes_only_old_rolled_up_rows_and_old_quota_days() {
+    fn retention_deletes_old_raw_rows_ended_sessions_and_old_quota_days() {
         let mut conn = sqlite();
         usage::insert_requests(
             &mut conn,
             &[
-                raw("old-rolled", "echo", 1_000, "ok", true),
-                raw("old-unrolled", "echo", 2_000, "ok", false),
-                raw("new-rolled", "echo", 9_000_000, "ok", true),
+                raw("old", "echo", 1_000, "ok"),
+                raw("new", "echo", 9_000_000, "ok"),
             ],
         )
         .expect("insert");
         conn.batch_execute(
             "INSERT INTO users (id, created_at) VALUES ('u', 0); \
              INSERT INTO quota_usage VALUES ('u', '2026-01-01', 1), ('u', '2026-01-02', 1), \
-             ('u', '2026-02-10', 1);",
+             ('u', '2026-02-10', 1); \
+             INSERT INTO sessions (id, user_id, started_at, ended_at) VALUES \
+             ('ended-long-ago', 'u', 0, 4000), ('ended-lately', 'u', 0, 6000), \
+             ('still-open', 'u', 0, NULL);",
         )
-        .expect("seed quota");
+        .expect("seed");
         let plan = CollectPlan {
-            // The unrolled row is too young to fold, so it must survive retention.
-            fold_before_ms: 1_500,
             delete_raw_before_ms: 5_000,
             keep_quota_from_day: "2026-01-02".into(),
             forget_batches_before_ms: 0,
         };
         let report = collect(&mut conn, &plan).expect("collect");
-        assert_eq!((report.raw_deleted, report.quota_pruned), (1, 1));
+        assert_eq!(
+            (
+                report.raw_deleted,
+                report.sessions_deleted,
+                report.quota_pruned
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!((report.processed, report.stored, report.skipped), (2, 0, 0));
         let ids: Vec<String> = request_log::table
             .select(request_log::id)
-            .order(request_log::id)
             .load(&mut conn)
             .expect("ids");
-        assert_eq!(ids, ["new-rolled", "old-unrolled"]);
+        assert_eq!(ids, ["new"]);
+        let kept: Vec<String> = sessions::table
+            .select(sessions::id)
+            .order(sessions::id)
+            .load(&mut conn)
+            .expect("sessions");
+        assert_eq!(kept, ["ended-lately", "still-open"]);
         let days: Vec<String> = quota_usage::table
             .select(quota_usage::day)
             .order(quota_usage::day)
