@@ -145,6 +145,7 @@ impl Collector {
                         duration_ms,
                         lock_wait_ms: fin.lock_wait_ms,
                         raw_deleted: report.raw_deleted,
+                        sessions_deleted: report.sessions_deleted,
                         quota_pruned: report.quota_pruned,
                         error: fin.error.clone(),
                     };
