@@ -1,8 +1,10 @@
 //! Validated newtypes and pure rules: no I/O, no actix. Inputs from the network become these
 //! types at the edge, so the core never re-checks them.
 
+mod backoff;
 mod ids;
 mod quota_day;
 
+pub use backoff::Backoff;
 pub use ids::{ChatId, IdError, SessionId, UserId};
 pub use quota_day::QuotaDay;
