@@ -41,7 +41,6 @@ pub struct RequestRow {
     pub tokens_out: i64,
     pub estimated: bool,
     pub outcome: String,
-    pub rolled_up: bool,
 }
 
 impl RequestRow {

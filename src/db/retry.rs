@@ -1,9 +1,8 @@
-//! Which database failures are worth retrying, and how long to wait between attempts.
-
-use std::time::Duration;
+//! Which database failures are worth retrying; how long to wait is the shared [`Backoff`].
 
 use diesel::result::{DatabaseErrorKind, Error};
-use rand::Rng;
+
+pub use crate::domain::Backoff;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transience {
@@ -67,44 +66,6 @@ fn message_transience(message: &str) -> Transience {
         Transience::Transient
     } else {
         Transience::Permanent
-    }
-}
-
-/// Exponential backoff with "equal jitter": attempt n waits between half and all of
-/// `min(cap, base * 2^n)`, so retries from many callers spread out but never collapse to zero.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    pub base: Duration,
-    pub cap: Duration,
-    pub max_retries: u32,
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            base: Duration::from_millis(25),
-            cap: Duration::from_secs(1),
-            max_retries: 4,
-        }
-    }
-}
-
-impl Backoff {
-    /// The ceiling for attempt `attempt` (0-based), before jitter.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// The wait before retry number `attempt`, or `None` once the retries are used up.
-    pub fn delay(&self, attempt: u32) -> Option<Duration> {
-        if attempt >= self.max_retries {
-            return None;
-        }
-        let ceiling = self.ceiling(attempt);
-        let half = ceiling / 2;
-        let jitter_ms = rand::rng().random_range(0..=half.as_millis() as u64);
-        Some(half + Duration::from_millis(jitter_ms))
     }
 }
 
@@ -192,30 +153,5 @@ mod tests {
         ] {
             assert_eq!(classify(&err), Transience::Permanent, "{err:?}");
         }
-    }
-
-    #[test]
-    fn backoff_grows_exponentially_up_to_the_cap_then_stops() {
-        let backoff = Backoff {
-            base: Duration::from_millis(10),
-            cap: Duration::from_millis(100),
-            max_retries: 6,
-        };
-        let ceilings: Vec<u64> = (0..6)
-            .map(|n| backoff.ceiling(n).as_millis() as u64)
-            .collect();
-        assert_eq!(ceilings, vec![10, 20, 40, 80, 100, 100]);
-        for attempt in 0..6 {
-            for _ in 0..50 {
-                let delay = backoff.delay(attempt).expect("within budget");
-                let ceiling = backoff.ceiling(attempt);
-                assert!(
-                    delay >= ceiling / 2 && delay <= ceiling,
-                    "{attempt}: {delay:?}"
-                );
-            }
-        }
-        assert_eq!(backoff.delay(6), None);
-        assert_eq!(backoff.ceiling(200), Duration::from_millis(100));
     }
 }

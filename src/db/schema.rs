@@ -43,7 +43,6 @@ diesel::table! {
         tokens_out -> BigInt,
         estimated -> Bool,
         outcome -> Text,
-        rolled_up -> Bool,
     }
 }
 

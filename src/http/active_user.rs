@@ -7,12 +7,12 @@ use std::pin::Pin;
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
 
+use crate::app_state::AppState;
 use crate::auth::{authenticate, Identity};
 use crate::db::queries::users;
 use crate::db::DbPool;
 use crate::domain::UserId;
 use crate::error::AppError;
-use crate::app_state::AppState;
 
 /// Extractor for an authenticated caller whose user is not disabled (403 `forbidden` if it
 /// is). Costs one primary-key read on the blocking pool.

@@ -1,8 +1,6 @@
 //! `/admin/usage/collect`: starting the usage collector and listing its runs.
 
 use actix_web::{get, post, web, HttpResponse};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -14,6 +12,7 @@ use crate::db::models::CollectorRunRow;
 use crate::db::queries::collector;
 use crate::error::{AppError, ErrorBody};
 use crate::http::openapi::AdminRefusals;
+use crate::http::pagination::{decode_cursor, encode_cursor};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 1_000;
@@ -153,8 +152,8 @@ fn rfc3339(epoch_ms: i64) -> String {
 }
 
 /// Where the next page starts: the sort key of the previous page's last run. Opaque to
-/// clients (base64url of `started_at:run_id`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// clients, in the one cursor format of every admin list ([`encode_cursor`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunCursor {
     pub started_at: i64,
     pub run_id: String,
@@ -169,28 +168,24 @@ impl RunCursor {
     }
 
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.started_at, self.run_id))
+        encode_cursor(self)
     }
 
     pub fn decode(raw: &str) -> Result<RunCursor, AppError> {
-        let bad = || AppError::BadRequest("cursor is not one this server returned".into());
-        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
-        let text = String::from_utf8(bytes).map_err(|_| bad())?;
-        let (started_at, run_id) = text.split_once(':').ok_or_else(bad)?;
-        let started_at = started_at.parse().map_err(|_| bad())?;
-        if run_id.is_empty() {
-            return Err(bad());
+        match decode_cursor::<RunCursor>(Some(raw))? {
+            Some(cursor) if !cursor.run_id.is_empty() => Ok(cursor),
+            _ => Err(AppError::BadRequest(
+                "cursor is not one this server issued".into(),
+            )),
         }
-        Ok(RunCursor {
-            started_at,
-            run_id: run_id.to_string(),
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     #[test]
     fn cursor_round_trips_and_rejects_anything_else() {

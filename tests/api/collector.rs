@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chatgate::db::models::{CollectorRunRow, RequestRow, RollupRow};
-use chatgate::db::queries::{collector, now_ms, usage, users};
+use chatgate::db::models::{CollectorRunRow, RequestRow, RollupRow, SessionRow};
+use chatgate::db::queries::{collector, now_ms, sessions, usage, users};
+use chatgate::db::schema;
 use chatgate::db::schema::{flush_batches, quota_usage, request_log, usage_rollup};
 use chatgate::db::DbConnection;
 use diesel::connection::SimpleConnection;
@@ -70,7 +71,7 @@ async fn collect_once(app: &TestApp) -> CollectorRunRow {
     run
 }
 
-fn raw(id: String, model: &str, started_at: i64, outcome: &str, rolled_up: bool) -> RequestRow {
+fn raw(id: String, model: &str, started_at: i64, outcome: &str) -> RequestRow {
     RequestRow {
         id,
         user_id: "alice".into(),
@@ -82,11 +83,10 @@ fn raw(id: String, model: &str, started_at: i64, outcome: &str, rolled_up: bool)
         tokens_out: 5,
         estimated: false,
         outcome: outcome.into(),
-        rolled_up,
     }
 }
 
-/// Rows as the flusher writes them: raw rows marked rolled up, their sums in the rollups.
+/// Rows as the flusher writes them: raw rows, their sums in the rollups.
 fn insert_flushed(conn: &mut DbConnection, rows: &[RequestRow]) -> QueryResult<()> {
     usage::insert_requests(conn, rows)?;
     let rollups: Vec<RollupRow> = rows
@@ -124,31 +124,6 @@ fn rollup_totals(conn: &mut DbConnection) -> QueryResult<Totals> {
     }))
 }
 
-/// What usage history can see: the rollups plus the raw rows they do not count yet.
-fn usage_totals(conn: &mut DbConnection) -> QueryResult<Totals> {
-    let rollups = rollup_totals(conn)?;
-    let raw: Vec<RequestRow> = request_log::table
-        .select(RequestRow::as_select())
-        .load(conn)?;
-    Ok(raw.iter().filter(|r| !r.rolled_up).fold(rollups, |t, r| {
-        (
-            t.0 + 1,
-            t.1 + i64::from(r.is_error()),
-            t.2 + r.latency_ms,
-            t.3 + 1,
-            t.4 + r.tokens_in,
-            t.5 + r.tokens_out,
-        )
-    }))
-}
-
-fn unrolled_count(conn: &mut DbConnection) -> QueryResult<usize> {
-    let raw: Vec<RequestRow> = request_log::table
-        .select(RequestRow::as_select())
-        .load(conn)?;
-    Ok(raw.iter().filter(|r| !r.rolled_up).count())
-}
-
 #[actix_web::test]
 async fn parallel_collects_get_202_or_409_and_recorded_runs_never_overlap() {
     parallel_collects_get_202_or_409_and_recorded_runs_never_overlap_on(Backend::Sqlite).await;
@@ -176,12 +151,12 @@ async fn parallel_collects_get_202_or_409_and_recorded_runs_never_overlap_on(bac
         Backend::Sqlite => None,
     };
     let apps: Vec<&TestApp> = std::iter::once(&first).chain(second.as_ref()).collect();
-    // Work for the runs, so they last a while.
-    let base = now_ms() - 2 * HOUR_MS;
+    // Work for the runs: rows past the 7-day raw retention.
+    let base = now_ms() - 8 * 24 * HOUR_MS;
     first
         .query(move |conn| {
             let rows: Vec<RequestRow> = (0..2_000)
-                .map(|i| raw(format!("p{i}"), "echo", base + i * 997, "ok", false))
+                .map(|i| raw(format!("p{i}"), "echo", base + i * 997, "ok"))
                 .collect();
             usage::insert_requests(conn, &rows)
         })
@@ -246,10 +221,10 @@ async fn parallel_collects_get_202_or_409_and_recorded_runs_never_overlap_on(bac
             pair[1]
         );
     }
-    let stored: i64 = runs.iter().map(|run| run.stored).sum();
+    let processed: i64 = runs.iter().map(|run| run.processed).sum();
     assert_eq!(
-        stored, 2_000,
-        "{backend:?}: every row folded once across the runs"
+        processed, 2_000,
+        "{backend:?}: every old row deleted once across the runs"
     );
     let lease = first
         .query(|conn| collector::find_lease(conn, collector::LEASE_NAME))
@@ -275,7 +250,7 @@ async fn a_live_lease_held_elsewhere_gets_409_with_its_run_id_on(backend: Backen
     app.query(move |conn| {
         conn.batch_execute(&format!(
             "INSERT INTO collector_lease (name, holder, run_id, expires_at) \
-                 VALUES ('usage_collector', 'other-instance', 'their-run', {expires})"
+             VALUES ('usage_collector', 'other-instance', 'their-run', {expires})"
         ))
     })
     .await;
@@ -312,9 +287,9 @@ async fn an_expired_lease_left_by_a_killed_process_does_not_block_the_next_run_o
     app.query(move |conn| {
         conn.batch_execute(&format!(
             "INSERT INTO collector_lease (name, holder, run_id, expires_at) \
-                 VALUES ('usage_collector', 'killed-instance', 'dead-run', {expired}); \
-                 INSERT INTO collector_runs (run_id, holder, started_at, status) \
-                 VALUES ('dead-run', 'killed-instance', {started}, 'running');"
+             VALUES ('usage_collector', 'killed-instance', 'dead-run', {expired}); \
+             INSERT INTO collector_runs (run_id, holder, started_at, status) \
+             VALUES ('dead-run', 'killed-instance', {started}, 'running');"
         ))
     })
     .await;
@@ -333,111 +308,117 @@ async fn an_expired_lease_left_by_a_killed_process_does_not_block_the_next_run_o
 }
 
 #[actix_web::test]
-async fn collecting_twice_counts_unrolled_rows_exactly_once() {
-    collecting_twice_counts_unrolled_rows_exactly_once_on(Backend::Sqlite).await;
+async fn collecting_twice_leaves_the_usage_totals_alone() {
+    collecting_twice_leaves_the_usage_totals_alone_on(Backend::Sqlite).await;
 }
 
 #[actix_web::test]
 #[ignore = "needs TEST_POSTGRES_URL"]
-async fn collecting_twice_counts_unrolled_rows_exactly_once_postgres() {
+async fn collecting_twice_leaves_the_usage_totals_alone_postgres() {
     require_postgres();
-    collecting_twice_counts_unrolled_rows_exactly_once_on(Backend::Postgres).await;
+    collecting_twice_leaves_the_usage_totals_alone_on(Backend::Postgres).await;
 }
 
-async fn collecting_twice_counts_unrolled_rows_exactly_once_on(backend: Backend) {
+async fn collecting_twice_leaves_the_usage_totals_alone_on(backend: Backend) {
     let app = spawn_app_with(backend, |_| {}).await;
     let now = now_ms();
     let old = (now - 2 * HOUR_MS).div_euclid(MINUTE_MS) * MINUTE_MS;
+    let outcomes = [
+        "ok",
+        "upstream_error",
+        "cancelled",
+        "ok",
+        "upstream_timeout",
+    ];
     app.query(move |conn| {
-        // Already flushed (and counted): must not be counted again.
-        let flushed: Vec<RequestRow> = (0..12)
-            .map(|i| raw(format!("f{i}"), "echo", old + i * 10_000, "ok", true))
-            .collect();
-        insert_flushed(conn, &flushed)?;
-        // Not counted yet, over three minutes and two models, with errors and cancels.
-        let outcomes = [
-            "ok",
-            "upstream_error",
-            "cancelled",
-            "ok",
-            "upstream_timeout",
-        ];
-        let unrolled: Vec<RequestRow> = (0..30)
+        // Flushed (and so counted) rows over three minutes and two models.
+        let flushed: Vec<RequestRow> = (0..30)
             .map(|i| {
                 let model = if i % 2 == 0 { "echo" } else { "small" };
                 let outcome = outcomes[i as usize % outcomes.len()];
-                raw(format!("u{i}"), model, old + i * 6_000, outcome, false)
+                raw(format!("f{i}"), model, old + i * 6_000, outcome)
             })
             .collect();
-        usage::insert_requests(conn, &unrolled)?;
-        // Too young to fold (fold age 300 s).
-        let recent: Vec<RequestRow> = (0..5)
-            .map(|i| raw(format!("r{i}"), "echo", now - MINUTE_MS + i, "ok", false))
-            .collect();
-        usage::insert_requests(conn, &recent)?;
-        Ok(())
+        insert_flushed(conn, &flushed)
     })
     .await;
-    let (history_before, rollups_before) = app
-        .query(|conn| Ok((usage_totals(conn)?, rollup_totals(conn)?)))
-        .await;
-    assert_eq!(rollups_before.0, 12);
-
-    let first = collect_once(&app).await;
-    assert_eq!(
-        (first.processed, first.stored, first.skipped),
-        (42, 30, 12),
-        "{backend:?}"
-    );
-    let (history_once, rollups_once, unrolled) = app
-        .query(|conn| {
-            Ok((
-                usage_totals(conn)?,
-                rollup_totals(conn)?,
-                unrolled_count(conn)?,
-            ))
-        })
-        .await;
-    assert_eq!(
-        history_once, history_before,
-        "{backend:?}: history unchanged"
-    );
-    assert_eq!(rollups_once.0, 42, "{backend:?}: 12 flushed + 30 folded");
-    assert_eq!(
-        rollups_once.1, 12,
-        "{backend:?}: 2 error outcomes in every 5"
-    );
-    assert_eq!(unrolled, 5, "{backend:?}: only the young rows wait");
-
-    let second = collect_once(&app).await;
-    assert_eq!(
-        (second.processed, second.stored, second.skipped),
-        (42, 0, 42),
-        "{backend:?}"
-    );
-    let (history_twice, rollups_twice) = app
-        .query(|conn| Ok((usage_totals(conn)?, rollup_totals(conn)?)))
-        .await;
-    assert_eq!(
-        rollups_twice, rollups_once,
-        "{backend:?}: nothing counted twice"
-    );
-    assert_eq!(history_twice, history_before, "{backend:?}");
+    let before = app.query(rollup_totals).await;
+    assert_eq!((before.0, before.1), (30, 12), "{backend:?}");
+    for _ in 0..2 {
+        let run = collect_once(&app).await;
+        // Nothing is past the 7-day retention and nothing is left to fold.
+        assert_eq!(
+            (run.processed, run.stored, run.skipped),
+            (0, 0, 0),
+            "{backend:?}"
+        );
+        let totals = app.query(rollup_totals).await;
+        assert_eq!(totals, before, "{backend:?}: nothing counted twice");
+        let raw_rows = app.query(usage::count_requests).await;
+        assert_eq!(raw_rows, 30, "{backend:?}");
+    }
 }
 
 #[actix_web::test]
-async fn retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days() {
-    retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days_on(Backend::Sqlite).await;
+async fn retention_prunes_sessions_that_ended_before_the_raw_retention() {
+    retention_prunes_sessions_that_ended_before_the_raw_retention_on(Backend::Sqlite).await;
 }
 
 #[actix_web::test]
 #[ignore = "needs TEST_POSTGRES_URL"]
-async fn retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days_postgres() {
+async fn retention_prunes_sessions_that_ended_before_the_raw_retention_postgres() {
     require_postgres();
-    retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days_on(Backend::Postgres).await;
+    retention_prunes_sessions_that_ended_before_the_raw_retention_on(Backend::Postgres).await;
 }
 
-async fn retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days_on(backend: Backend) {
+async fn retention_prunes_sessions_that_ended_before_the_raw_retention_on(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.collector.raw_retention_secs = 3_600).await;
+    let now = now_ms();
+    app.query(move |conn| {
+        let session = |id: &str, ended_at: Option<i64>| SessionRow {
+            id: id.into(),
+            user_id: "alice".into(),
+            started_at: now - 5 * HOUR_MS,
+            ended_at,
+            messages: 1,
+            avg_response_ms: None,
+        };
+        sessions::upsert_sessions(
+            conn,
+            &[
+                session("ended-2h-ago", Some(now - 2 * HOUR_MS)),
+                session("ended-10min-ago", Some(now - 10 * MINUTE_MS)),
+                session("still-open", None),
+            ],
+        )
+    })
+    .await;
+    let run = collect_once(&app).await;
+    assert_eq!(run.processed, 1, "{backend:?}: {run:?}");
+    let kept: Vec<String> = app
+        .query(|conn| {
+            schema::sessions::table
+                .select(schema::sessions::id)
+                .order(schema::sessions::id)
+                .load(conn)
+        })
+        .await;
+    assert_eq!(kept, ["ended-10min-ago", "still-open"], "{backend:?}");
+}
+
+#[actix_web::test]
+async fn retention_deletes_old_raw_rows_and_prunes_old_quota_days() {
+    retention_deletes_old_raw_rows_and_prunes_old_quota_days_on(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_POSTGRES_URL"]
+async fn retention_deletes_old_raw_rows_and_prunes_old_quota_days_postgres() {
+    require_postgres();
+    retention_deletes_old_raw_rows_and_prunes_old_quota_days_on(Backend::Postgres).await;
+}
+
+async fn retention_deletes_old_raw_rows_and_prunes_old_quota_days_on(backend: Backend) {
     let app = spawn_app_with(backend, |s| {
         s.collector.raw_retention_secs = 3_600;
         s.collector.quota_retention_days = 35;
@@ -458,25 +439,9 @@ async fn retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days_on(b
         insert_flushed(
             conn,
             &[
-                raw("old-flushed".into(), "echo", now - 2 * HOUR_MS, "ok", true),
-                raw(
-                    "new-flushed".into(),
-                    "echo",
-                    now - 10 * MINUTE_MS,
-                    "ok",
-                    true,
-                ),
+                raw("old-flushed".into(), "echo", now - 2 * HOUR_MS, "ok"),
+                raw("new-flushed".into(), "echo", now - 10 * MINUTE_MS, "ok"),
             ],
-        )?;
-        usage::insert_requests(
-            conn,
-            &[raw(
-                "old-unrolled".into(),
-                "echo",
-                now - 3 * HOUR_MS,
-                "ok",
-                false,
-            )],
         )?;
         users::insert_user_if_missing(conn, "alice", now)?;
         for day in &seeded_days {
@@ -509,9 +474,8 @@ async fn retention_deletes_old_rolled_up_raw_rows_and_prunes_old_quota_days_on(b
             Ok((ids, kept_days, batches, rollup_totals(conn)?))
         })
         .await;
-    // The old unrolled row was folded first, then deleted with the other old one.
     assert_eq!(ids, ["new-flushed"], "{backend:?}");
-    assert_eq!(rollups.0, 3, "{backend:?}: deleted rows stay counted");
+    assert_eq!(rollups.0, 2, "{backend:?}: deleted rows stay counted");
     assert_eq!(kept_days, days[..3], "{backend:?}: 35 days back are kept");
     assert_eq!(batches, ["new-batch"], "{backend:?}");
 }

@@ -5,6 +5,7 @@ mod cli;
 mod collector;
 mod dashboard;
 mod db_faults;
+mod flusher;
 mod hardening;
 mod health;
 mod helpers;

@@ -54,6 +54,7 @@ pub struct RunSummary {
     pub duration_ms: i64,
     pub lock_wait_ms: i64,
     pub raw_deleted: i64,
+    pub sessions_deleted: i64,
     pub quota_pruned: i64,
     pub error: Option<String>,
 }
@@ -63,7 +64,8 @@ impl std::fmt::Display for RunSummary {
         write!(
             f,
             "event=collector_run run_id={} status={} processed={} stored={} skipped={} \
-             duration_ms={} lock_wait_ms={} trigger={} raw_deleted={} quota_pruned={}",
+             duration_ms={} lock_wait_ms={} trigger={} raw_deleted={} sessions_deleted={} \
+             quota_pruned={}",
             self.run_id,
             self.status,
             self.processed,
@@ -73,6 +75,7 @@ impl std::fmt::Display for RunSummary {
             self.lock_wait_ms,
             self.trigger.as_str(),
             self.raw_deleted,
+            self.sessions_deleted,
             self.quota_pruned,
         )?;
         if let Some(error) = &self.error {
@@ -92,7 +95,6 @@ pub fn plan_at(started_at_ms: i64, settings: &CollectorSettings) -> CollectPlan 
         // A start outside chrono's range cannot happen with a sane clock; prune nothing then.
         .unwrap_or_else(|| "0000-01-01".to_string());
     CollectPlan {
-        fold_before_ms: started_at_ms.saturating_sub(secs_ms(settings.fold_age_secs)),
         delete_raw_before_ms: started_at_ms.saturating_sub(secs_ms(settings.raw_retention_secs)),
         keep_quota_from_day,
         forget_batches_before_ms: started_at_ms.saturating_sub(BATCH_LEDGER_KEEP_MS),
@@ -227,7 +229,6 @@ mod tests {
             .expect("time")
             .timestamp_millis();
         let plan = plan_at(start, &settings(3600, 60));
-        assert_eq!(plan.fold_before_ms, start - 300_000);
         assert_eq!(plan.delete_raw_before_ms, start - 7 * 24 * 3_600_000);
         assert_eq!(plan.forget_batches_before_ms, start - 24 * 3_600_000);
         // 35 days back from 2026-03-10 (a UTC day, like the quota's own key).
@@ -255,13 +256,15 @@ mod tests {
             duration_ms: 12,
             lock_wait_ms: 2,
             raw_deleted: 1,
+            sessions_deleted: 2,
             quota_pruned: 0,
             error: Some("database is locked\nagain".into()),
         };
         assert_eq!(
             summary.to_string(),
             "event=collector_run run_id=r1 status=error processed=7 stored=3 skipped=4 \
-             duration_ms=12 lock_wait_ms=2 trigger=timer raw_deleted=1 quota_pruned=0 \
+             duration_ms=12 lock_wait_ms=2 trigger=timer raw_deleted=1 sessions_deleted=2 \
+             quota_pruned=0 \
              error=\"database is locked\\nagain\""
         );
     }

@@ -81,8 +81,6 @@ impl RequestRow {
             tokens_out: record.tokens_out as i64,
             estimated: record.estimated,
             outcome: record.outcome.as_str().to_string(),
-            // The flusher counts each row into the rollups in the same transaction.
-            rolled_up: true,
         }
     }
 }

@@ -67,7 +67,7 @@ impl Actor for SessionRegistry {
             if evicted >= TRIM_AFTER_EVICTIONS {
                 // Maps keep their peak capacity; after a crowd leaves, give it back too.
                 act.state.shrink();
-                crate::memory::release_free_memory();
+                crate::memory::release_free_memory_in_background();
             }
             let stats = act.state.stats();
             log::info!(

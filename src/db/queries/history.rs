@@ -114,6 +114,8 @@ fn build(query: &HistoryQuery, postgres: bool) -> Sql {
             sql.push(" AND user_id = ");
             sql.bind(Bind::Text(user.clone()));
         }
+        // Every raw row is counted in the rollups as it is written, so they are the whole
+        // record per model.
         None => {
             source(
                 &mut sql,
@@ -121,8 +123,6 @@ fn build(query: &HistoryQuery, postgres: bool) -> Sql {
                 "model, requests, errors, latency_sum_ms, latency_count, tokens_in, tokens_out FROM usage_rollup",
                 "",
             );
-            sql.push(" UNION ALL ");
-            source(&mut sql, "started_at", &raw_select, " AND NOT rolled_up");
         }
     }
     sql.push(") AS usage GROUP BY bucket, model");

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use actix_web::http::header::{HeaderMap, HttpDate};
 
+use crate::domain::Backoff;
 use crate::error::AppError;
 
 /// Exponential backoff stops growing here; a longer pause would rarely fit a reply deadline.
@@ -49,13 +50,12 @@ impl RetryPolicy {
         let jitter = jitter.clamp(0.0, 1.0);
         match retry {
             Retry::No => None,
-            Retry::Backoff => {
-                let step = self
-                    .base
-                    .saturating_mul(1u32 << (failed - 1).min(16))
-                    .min(MAX_BACKOFF);
-                Some(step.mul_f64(0.5 + jitter / 2.0))
+            Retry::Backoff => Backoff {
+                base: self.base,
+                cap: MAX_BACKOFF,
+                max_retries: self.max_attempts.saturating_sub(1),
             }
+            .delay_with_jitter(failed.saturating_sub(1), jitter),
             Retry::After(wait) if wait > self.max_retry_after => None,
             Retry::After(wait) => Some(wait + wait.mul_f64(jitter / 10.0)),
         }
