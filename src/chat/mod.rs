@@ -4,5 +4,6 @@
 
 pub mod message;
 pub mod pipeline;
+pub mod tool_calls;
 
 pub use pipeline::{CancelReason, ChatEvent, ChatHandle, ChatPipeline, ChatRequest, HistorySource};
