@@ -10,6 +10,7 @@ mod loadtest;
 mod metrics;
 mod mock_upstream;
 mod openai_api;
+mod openai_tools;
 mod openai_upstream;
 mod openapi;
 mod process;

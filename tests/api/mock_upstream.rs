@@ -29,6 +29,8 @@ pub enum Step {
         deltas: Vec<String>,
         usage: Option<(u64, u64)>,
     },
+    /// These chunks as they are, one `data:` event each, then `[DONE]`.
+    Chunks(Vec<Value>),
     /// Reads the request and never answers.
     HangBeforeFirstByte,
     /// Streams these deltas, then goes silent with the response still open.
@@ -51,6 +53,13 @@ impl Step {
             deltas: strings(deltas),
             usage: Some(usage),
         }
+    }
+
+    /// A reply of tool calls (`(id, name, arguments)`), streamed as OpenAI does: each call's
+    /// first fragment brings its id and name, its arguments follow in two pieces; then
+    /// `finish_reason: "tool_calls"` and usage.
+    pub fn tool_calls(calls: &[(&str, &str, &str)]) -> Step {
+        Step::Chunks(tool_call_chunks(calls))
     }
 
     pub fn status(status: u16) -> Step {
@@ -245,6 +254,12 @@ async fn answer(state: web::Data<MockState>, req: HttpRequest, body: web::Bytes)
             }
             response.content_type("application/json").body(body)
         }
+        Step::Chunks(chunks) => {
+            let mut events: Vec<String> =
+                chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+            events.push("data: [DONE]\n\n".into());
+            sse(stream::iter(frames(events)), guard)
+        }
         Step::Reply { deltas, usage } => {
             sse(stream::iter(frames(reply_events(&deltas, usage))), guard)
         }
@@ -327,4 +342,35 @@ fn reply_events(deltas: &[String], usage: Option<(u64, u64)>) -> Vec<String> {
     }
     events.push("data: [DONE]\n\n".into());
     events
+}
+
+/// The chunks of a streamed tool-call reply (see [`Step::tool_calls`]).
+pub fn tool_call_chunks(calls: &[(&str, &str, &str)]) -> Vec<Value> {
+    let wrap = |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
+            "model": "mock",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        })
+    };
+    let mut chunks = vec![wrap(json!({"role": "assistant", "content": null}), None)];
+    for (index, (id, name, arguments)) in calls.iter().enumerate() {
+        let split = arguments.len() / 2;
+        let (head, tail) = arguments.split_at(split);
+        chunks.push(wrap(
+            json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                                   "function": {"name": name, "arguments": head}}]}),
+            None,
+        ));
+        chunks.push(wrap(
+            json!({"tool_calls": [{"index": index, "function": {"arguments": tail}}]}),
+            None,
+        ));
+    }
+    chunks.push(wrap(json!({}), Some("tool_calls")));
+    chunks.push(json!({
+        "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": "mock",
+        "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 9, "total_tokens": 20},
+    }));
+    chunks
 }
