@@ -18,3 +18,4 @@ mod quota_primitive;
 mod shutdown;
 mod tcp_proxy;
 mod ws_client;
+mod ws_tools;
