@@ -332,7 +332,10 @@ impl RegistryState {
         let limits = self.limits.clone();
         let session = self.sessions.get_mut(id)?;
         session.open_calls = tool_calls.iter().map(|call| call.id.clone()).collect();
-        session.push(ChatMessage::assistant_with_calls(&content, &tool_calls), &limits);
+        session.push(
+            ChatMessage::assistant_with_calls(&content, &tool_calls),
+            &limits,
+        );
         session.messages += 1;
         if session.response_ms.len() == RESPONSE_WINDOW {
             session.response_ms.pop_front();
@@ -523,9 +526,9 @@ impl Handler<RecordReply> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: RecordReply, _: &mut Context<Self>) {
-        if let Some(row) = self
-            .state
-            .record_reply(&msg.id, msg.content, msg.tool_calls, msg.latency_ms)
+        if let Some(row) =
+            self.state
+                .record_reply(&msg.id, msg.content, msg.tool_calls, msg.latency_ms)
         {
             self.persist(row);
         }
@@ -635,7 +638,9 @@ mod tests {
         state.append_turn(&opened.id, first).expect("append");
         let mut history = Vec::new();
         for word in ["bbbb", "cccc", "dddd", "eeee", "ffff"] {
-            history = state.append_turn(&opened.id, user_turn(word)).expect("append");
+            history = state
+                .append_turn(&opened.id, user_turn(word))
+                .expect("append");
         }
         let contents: Vec<&str> = history.iter().map(|m| &*m.content).collect();
         assert_eq!(contents, vec!["be terse", "cccc", "dddd", "eeee", "ffff"]);
@@ -654,21 +659,38 @@ mod tests {
                 ..Turn::default()
             }
         };
-        let err = state.append_turn(&opened.id, result("call_1")).expect_err("no calls yet");
-        assert!(err.to_string().contains("no unanswered tool calls"), "{err}");
-        state.append_turn(&opened.id, user_turn("add")).expect("append");
+        let err = state
+            .append_turn(&opened.id, result("call_1"))
+            .expect_err("no calls yet");
+        assert!(
+            err.to_string().contains("no unanswered tool calls"),
+            "{err}"
+        );
+        state
+            .append_turn(&opened.id, user_turn("add"))
+            .expect("append");
         let call = ToolCall {
             id: "call_1".into(),
             kind: "function".into(),
             ..ToolCall::default()
         };
         state.record_reply(&opened.id, Arc::from(""), vec![call], 5);
-        let err = state.append_turn(&opened.id, result("call_9")).expect_err("unknown call");
-        assert!(err.to_string().contains("\"call_9\"") && err.to_string().contains("call_1"), "{err}");
-        let history = state.append_turn(&opened.id, result("call_1")).expect("answers call_1");
+        let err = state
+            .append_turn(&opened.id, result("call_9"))
+            .expect_err("unknown call");
+        assert!(
+            err.to_string().contains("\"call_9\"") && err.to_string().contains("call_1"),
+            "{err}"
+        );
+        let history = state
+            .append_turn(&opened.id, result("call_1"))
+            .expect("answers call_1");
         let roles: Vec<ChatRole> = history.iter().map(|m| m.role).collect();
         assert_eq!(roles, [ChatRole::User, ChatRole::Assistant, ChatRole::Tool]);
-        assert!(state.append_turn(&opened.id, result("call_1")).is_err(), "answered once");
+        assert!(
+            state.append_turn(&opened.id, result("call_1")).is_err(),
+            "answered once"
+        );
     }
 
     #[actix::test]

@@ -162,9 +162,8 @@ impl ChatMessage {
         let view: MessageView = serde_json::from_str(raw.get())
             .map_err(|_| "must be an object with a \"role\"".to_string())?;
         let role = view.role.ok_or("has no \"role\"")?;
-        let role = ChatRole::parse(&role).ok_or_else(|| {
-            format!("has the unknown role {role:?}; a role is {}", ChatRole::ALL)
-        })?;
+        let role = ChatRole::parse(&role)
+            .ok_or_else(|| format!("has the unknown role {role:?}; a role is {}", ChatRole::ALL))?;
         let content = match view.content {
             Some(content) => content_text(content)?,
             // An assistant turn may be only tool calls (or a refusal).
@@ -320,8 +319,8 @@ mod tests {
         assert_eq!(m.role, ChatRole::User);
         assert_eq!(&*m.content, "look at this");
         assert_eq!(serde_json::to_string(&m).expect("json"), text);
-        let dev = ChatMessage::parse(raw(r#"{"role":"developer","content":"be terse"}"#))
-            .expect("valid");
+        let dev =
+            ChatMessage::parse(raw(r#"{"role":"developer","content":"be terse"}"#)).expect("valid");
         assert_eq!(dev.role, ChatRole::Developer);
         let calls = ChatMessage::parse(raw(
             r#"{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}"#,
@@ -336,13 +335,19 @@ mod tests {
     #[test]
     fn bad_messages_say_why() {
         for (text, why) in [
-            (r#"{"role":"wizard","content":"x"}"#, "unknown role \"wizard\""),
+            (
+                r#"{"role":"wizard","content":"x"}"#,
+                "unknown role \"wizard\"",
+            ),
             (r#"{"content":"x"}"#, "no \"role\""),
             (r#"{"role":"user"}"#, "content"),
             (r#"{"role":"user","content":null}"#, "null"),
             (r#"{"role":"user","content":5}"#, "string or an array"),
             (r#"{"role":"user","content":[5]}"#, "content part 0"),
-            (r#"{"role":"user","content":[{"type":"text"}]}"#, "no \"text\""),
+            (
+                r#"{"role":"user","content":[{"type":"text"}]}"#,
+                "no \"text\"",
+            ),
             (r#"{"role":"tool","content":"x"}"#, "tool_call_id"),
             ("[1]", "object"),
         ] {
@@ -371,9 +376,13 @@ mod tests {
             t.raw(),
             r#"{"role":"tool","tool_call_id":"call_1","content":"sunny"}"#
         );
-        let u = ChatMessage::with_content(ChatRole::User, &raw(r#"[{"type":"text","text":"hi"}]"#).0)
-            .expect("valid");
-        assert_eq!(u.raw(), r#"{"role":"user","content":[{"type":"text","text":"hi"}]}"#);
+        let u =
+            ChatMessage::with_content(ChatRole::User, &raw(r#"[{"type":"text","text":"hi"}]"#).0)
+                .expect("valid");
+        assert_eq!(
+            u.raw(),
+            r#"{"role":"user","content":[{"type":"text","text":"hi"}]}"#
+        );
         assert_eq!(&*u.content, "hi");
         assert_eq!(
             ChatMessage::user("a \"b\"").raw(),

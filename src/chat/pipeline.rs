@@ -330,19 +330,22 @@ impl ChatPipeline {
         let latency_ms = request.received.elapsed().as_millis() as u64;
         let usage = run.reported_usage.unwrap_or(run.estimated_usage);
         let tool_calls = run.tool_calls.finish();
-        let done = |finish_reason: Arc<str>, cancelled: bool, tool_calls: &[ToolCall]| {
-            ChatEvent::Done {
+        let done =
+            |finish_reason: Arc<str>, cancelled: bool, tool_calls: &[ToolCall]| ChatEvent::Done {
                 usage,
                 latency_ms,
                 cancelled,
                 finish_reason,
                 tool_calls: tool_calls.to_vec(),
-            }
-        };
+            };
         let (outcome, last) = match ending {
             Ending::Finished => {
                 let reason = run.finish_reason.clone().unwrap_or_else(|| {
-                    Arc::from(if tool_calls.is_empty() { "stop" } else { "tool_calls" })
+                    Arc::from(if tool_calls.is_empty() {
+                        "stop"
+                    } else {
+                        "tool_calls"
+                    })
                 });
                 (Outcome::Ok, Some(done(reason, false, &tool_calls)))
             }
@@ -448,7 +451,10 @@ impl Run {
             ProviderEvent::ToolCalls(fragments) => {
                 if let Err(err) = self.tool_calls.feed(&fragments) {
                     // Relayed all the same: the client may make more of it than we can.
-                    log::warn!("event=upstream_bad_tool_calls model={} error={err}", self.model);
+                    log::warn!(
+                        "event=upstream_bad_tool_calls model={} error={err}",
+                        self.model
+                    );
                 }
                 ChatEvent::ToolCallsDelta(fragments)
             }

@@ -252,7 +252,13 @@ mod tests {
         let keys: Vec<&str> = chat.params.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["max_tokens", "response_format", "temperature", "tool_choice", "tools"]
+            [
+                "max_tokens",
+                "response_format",
+                "temperature",
+                "tool_choice",
+                "tools"
+            ]
         );
         assert_eq!(chat.params["temperature"].get(), "0.2");
         assert_eq!(chat.params["tool_choice"].get(), r#""auto""#);
@@ -269,19 +275,58 @@ mod tests {
     #[test]
     fn bad_payloads_say_why_and_name_the_chat() {
         for (text, why) in [
-            (r#"{"type":"chat","id":"c","model":"m"}"#, "non-empty \"content\""),
-            (r#"{"type":"chat","id":"c","model":"m","content":[]}"#, "non-empty"),
-            (r#"{"type":"chat","id":"c","model":"m","content":7}"#, "string or an array"),
-            (r#"{"type":"chat","id":"c","model":"m","content":"x","params":{"stream":true}}"#, "may not set \"stream\""),
-            (r#"{"type":"chat","id":"c","model":"m","content":"x","params":{"model":"y"}}"#, "may not set \"model\""),
-            (r#"{"type":"chat","id":"c","model":"m","content":"x","params":{"messages":[]}}"#, "may not set \"messages\""),
-            (r#"{"type":"chat","id":"c","model":"m","content":"x","params":[1]}"#, "object"),
-            (r#"{"type":"chat","id":"c","model":"m","content":"x","tools":{}}"#, "array of tool"),
-            (r#"{"type":"chat","id":"c","model":"m","content":"x","tools":[],"params":{"tools":[]}}"#, "twice"),
-            (r#"{"type":"chat","id":"c","model":"m","content":"x","system":" "}"#, "blank"),
-            (r#"{"type":"chat","id":"c","model":"m","tool_results":{}}"#, "array of"),
-            (r#"{"type":"chat","id":"c","model":"m","tool_results":[{"content":"x"}]}"#, "call_id"),
-            (r#"{"type":"chat","id":"c","model":"m","tool_results":[{"call_id":"a"}]}"#, "needs a \"content\""),
+            (
+                r#"{"type":"chat","id":"c","model":"m"}"#,
+                "non-empty \"content\"",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","content":[]}"#,
+                "non-empty",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","content":7}"#,
+                "string or an array",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","content":"x","params":{"stream":true}}"#,
+                "may not set \"stream\"",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","content":"x","params":{"model":"y"}}"#,
+                "may not set \"model\"",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","content":"x","params":{"messages":[]}}"#,
+                "may not set \"messages\"",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","content":"x","params":[1]}"#,
+                "object",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","content":"x","tools":{}}"#,
+                "array of tool",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","content":"x","tools":[],"params":{"tools":[]}}"#,
+                "twice",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","content":"x","system":" "}"#,
+                "blank",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","tool_results":{}}"#,
+                "array of",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","tool_results":[{"content":"x"}]}"#,
+                "call_id",
+            ),
+            (
+                r#"{"type":"chat","id":"c","model":"m","tool_results":[{"call_id":"a"}]}"#,
+                "needs a \"content\"",
+            ),
         ] {
             let err = chat(text).expect_err(text);
             assert!(err.message.contains(why), "{text}: {}", err.message);
@@ -308,7 +353,10 @@ mod tests {
                 },
             }],
         };
-        let frames: Vec<String> = ending("c1", &event).iter().map(ServerFrame::to_json).collect();
+        let frames: Vec<String> = ending("c1", &event)
+            .iter()
+            .map(ServerFrame::to_json)
+            .collect();
         assert_eq!(
             frames,
             [

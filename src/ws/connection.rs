@@ -207,9 +207,7 @@ impl WsConnection {
                 return self.send(ctx, &ServerFrame::Delta { id, content })
             }
             // No frame of their own: the whole calls come before `done`.
-            ChatEvent::ToolCallsDelta(_) | ChatEvent::Refusal(_) | ChatEvent::Logprobs(_) => {
-                return
-            }
+            ChatEvent::ToolCallsDelta(_) | ChatEvent::Refusal(_) | ChatEvent::Logprobs(_) => return,
             ChatEvent::Done { .. } => {
                 for frame in chat_frames::ending(id, &item.event) {
                     self.send(ctx, &frame);

@@ -14,9 +14,7 @@ use crate::providers::Usage;
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientFrame {
     Chat(ChatFrame),
-    Cancel {
-        id: ChatId,
-    },
+    Cancel { id: ChatId },
     Ping,
 }
 
@@ -167,9 +165,10 @@ mod tests {
 
     #[test]
     fn valid_frames_parse() {
-        let frame =
-            ClientFrame::parse(r#"{"type":"chat","id":"c1","model":"echo","content":"hello there"}"#)
-                .expect("valid");
+        let frame = ClientFrame::parse(
+            r#"{"type":"chat","id":"c1","model":"echo","content":"hello there"}"#,
+        )
+        .expect("valid");
         let ClientFrame::Chat(chat) = &frame else {
             panic!("{frame:?}")
         };

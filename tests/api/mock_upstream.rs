@@ -255,8 +255,7 @@ async fn answer(state: web::Data<MockState>, req: HttpRequest, body: web::Bytes)
             response.content_type("application/json").body(body)
         }
         Step::Chunks(chunks) => {
-            let mut events: Vec<String> =
-                chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+            let mut events: Vec<String> = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
             events.push("data: [DONE]\n\n".into());
             sse(stream::iter(frames(events)), guard)
         }

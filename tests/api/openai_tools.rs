@@ -94,7 +94,11 @@ async fn every_role_content_part_and_field_reaches_the_upstream_unchanged() {
         assert_eq!(sent["stream"], true);
         assert_eq!(sent["stream_options"], json!({"include_usage": true}));
         let expected_keys = fields.as_object().expect("object").len() + 4;
-        assert_eq!(sent.as_object().expect("object").len(), expected_keys, "{sent}");
+        assert_eq!(
+            sent.as_object().expect("object").len(),
+            expected_keys,
+            "{sent}"
+        );
     }
 }
 
@@ -164,7 +168,11 @@ async fn finish_reason_refusal_and_logprobs_are_relayed() {
                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
     };
     let chunks = vec![
-        chunk(json!({"role": "assistant", "refusal": "No"}), lp.clone(), Value::Null),
+        chunk(
+            json!({"role": "assistant", "refusal": "No"}),
+            lp.clone(),
+            Value::Null,
+        ),
         chunk(json!({}), Value::Null, json!("content_filter")),
     ];
     let mock = MockUpstream::start(Step::Chunks(chunks));
@@ -180,7 +188,10 @@ async fn finish_reason_refusal_and_logprobs_are_relayed() {
     let events = sse_events(&mut response).await;
     let text = events.join("\n");
     assert!(text.contains(r#""refusal":"No""#), "{text}");
-    assert!(text.contains(r#""finish_reason":"content_filter""#), "{text}");
+    assert!(
+        text.contains(r#""finish_reason":"content_filter""#),
+        "{text}"
+    );
     let relayed: Vec<Value> = events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())

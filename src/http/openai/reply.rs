@@ -63,7 +63,10 @@ pub async fn complete(mut events: ChatEvents, meta: ReplyMeta) -> Result<HttpRes
     loop {
         match events.next().await.ok_or_else(vanished)? {
             ChatEvent::Delta(text) => reply.content.push_str(&text),
-            ChatEvent::Refusal(text) => reply.refusal.get_or_insert_with(String::new).push_str(&text),
+            ChatEvent::Refusal(text) => reply
+                .refusal
+                .get_or_insert_with(String::new)
+                .push_str(&text),
             ChatEvent::Logprobs(logprobs) => reply.logprobs.add(&logprobs),
             // Assembled on `Done`.
             ChatEvent::ToolCallsDelta(_) => {}

@@ -33,7 +33,7 @@ pub struct CompletionRequest {
     stream_options: Option<StreamOptions>,
     /// Every other field of the request, passed through as given.
     #[serde(flatten)]
-    #[schema(value_type = std::collections::BTreeMap<String, Object>)]
+    #[schema(value_type = std::collections::BTreeMap<String, serde_json::Value>)]
     extra: Params,
 }
 
@@ -176,8 +176,11 @@ mod tests {
         );
         assert_eq!(&*c.messages[1].content, "hi there");
         assert!(!c.stream && !c.include_usage);
-        let params: Vec<(&str, &str)> =
-            c.params.iter().map(|(k, v)| (k.as_str(), v.get())).collect();
+        let params: Vec<(&str, &str)> = c
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.get()))
+            .collect();
         assert_eq!(params, [("max_tokens", "16"), ("temperature", "0.2")]);
     }
 
@@ -194,7 +197,12 @@ mod tests {
         let c = request.parse().expect("valid");
         assert_eq!(
             c.messages.iter().map(|m| m.role).collect::<Vec<_>>(),
-            [ChatRole::Developer, ChatRole::User, ChatRole::Assistant, ChatRole::Tool]
+            [
+                ChatRole::Developer,
+                ChatRole::User,
+                ChatRole::Assistant,
+                ChatRole::Tool
+            ]
         );
         assert_eq!(&*c.messages[1].content, "weather in");
         assert!(c.messages[1].raw().contains(r#""detail":"low""#));
@@ -243,5 +251,18 @@ mod tests {
             let err = parse(body.clone()).expect_err(&body.to_string());
             assert!(err.contains(why), "{body}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    #[test]
+    fn the_documented_request_is_open() {
+        let doc = serde_json::to_value(crate::http::openapi::document()).expect("json");
+        let schema = &doc["components"]["schemas"]["CompletionRequest"];
+        // Any other field, of any type, is part of the request.
+        let extra = &schema["additionalProperties"];
+        assert!(extra.is_object() && extra.get("type").is_none(), "{schema}");
+        assert_eq!(schema["required"], serde_json::json!(["model", "messages"]));
     }
 }

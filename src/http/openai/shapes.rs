@@ -395,10 +395,14 @@ mod tests {
     #[test]
     fn tool_calls_refusal_and_logprobs_keep_the_upstreams_shape() {
         let meta = ReplyMeta::new("m", false);
-        let fragments = raw(r#"[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\": 1.50}"}}]"#);
+        let fragments = raw(
+            r#"[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\": 1.50}"}}]"#,
+        );
         let mut bytes = meta.tool_calls(&fragments);
         bytes.extend(meta.refusal("no"));
-        let lp = raw(r#"{"content":[{"token":"x","logprob":-0.25,"bytes":[120],"top_logprobs":[]}],"refusal":null}"#);
+        let lp = raw(
+            r#"{"content":[{"token":"x","logprob":-0.25,"bytes":[120],"top_logprobs":[]}],"refusal":null}"#,
+        );
         bytes.extend(meta.logprobs(&lp));
         bytes.extend(meta.finish(usage(), "tool_calls"));
         let events = events(&bytes);
@@ -423,7 +427,10 @@ mod tests {
         assert_eq!(choice["message"]["content"], Value::Null);
         assert_eq!(choice["message"]["tool_calls"][0]["id"], "call_1");
         assert_eq!(choice["finish_reason"], "tool_calls");
-        assert_eq!(choice["logprobs"]["content"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            choice["logprobs"]["content"].as_array().map(Vec::len),
+            Some(2)
+        );
     }
 
     #[test]

@@ -217,7 +217,11 @@ mod tests {
     fn token_counts_outside_the_range_are_clamped() {
         for (prompt, completion, expected) in [
             ("-5", "3", (0, 3)),
-            ("2147483649", "2147483648", (MAX_REPORTED_TOKENS, MAX_REPORTED_TOKENS)),
+            (
+                "2147483649",
+                "2147483648",
+                (MAX_REPORTED_TOKENS, MAX_REPORTED_TOKENS),
+            ),
             ("99999999999999999999999", "-1e30", (MAX_REPORTED_TOKENS, 0)),
             ("12.0", "null", (12, 0)),
         ] {
