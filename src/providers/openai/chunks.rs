@@ -28,6 +28,8 @@ struct Chunk {
 #[derive(Deserialize)]
 struct Choice {
     #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
     delta: Option<Delta>,
     #[serde(default)]
     logprobs: Option<RawJson>,
@@ -107,7 +109,12 @@ impl ChunkDecoder {
                 "the model's upstream reported an error mid-reply".into(),
             ));
         }
-        if let Some(choice) = chunk.choices.into_iter().next() {
+        // With `n` > 1 the choices' chunks interleave; the reply is the first choice.
+        let first = chunk
+            .choices
+            .into_iter()
+            .find(|c| c.index.unwrap_or(0) == 0);
+        if let Some(choice) = first {
             if let Some(delta) = choice.delta {
                 // The first chunk usually carries only the role, with empty content.
                 if let Some(content) = delta.content.filter(|c| !c.is_empty()) {
@@ -210,6 +217,19 @@ mod tests {
                 )),
                 ProviderEvent::Finish("tool_calls".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn only_the_first_choice_is_the_reply() {
+        let (events, _) = decode_all(&[
+            r#"{"choices":[{"index":1,"delta":{"content":"other"},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"mine"},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":1,"delta":{},"finish_reason":"length"}]}"#,
+        ]);
+        assert_eq!(
+            events.expect("valid"),
+            vec![ProviderEvent::Delta("mine".into())]
         );
     }
 
