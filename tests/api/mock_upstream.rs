@@ -104,6 +104,7 @@ struct MockState {
     fallback: Mutex<Option<Step>>,
     requests: AtomicUsize,
     bodies: Mutex<Vec<Value>>,
+    raw_bodies: Mutex<Vec<String>>,
     authorization: Mutex<Vec<Option<String>>>,
     /// Requests whose handler or response body is still alive.
     open_replies: Gauge,
@@ -164,6 +165,11 @@ impl MockUpstream {
         self.state.bodies.lock().expect("lock").clone()
     }
 
+    /// The request bodies as the bytes arrived, for checks of exact pass-through.
+    pub fn raw_bodies(&self) -> Vec<String> {
+        self.state.raw_bodies.lock().expect("lock").clone()
+    }
+
     pub fn authorization(&self) -> Vec<Option<String>> {
         self.state.authorization.lock().expect("lock").clone()
     }
@@ -220,6 +226,8 @@ impl Drop for MockUpstream {
 async fn answer(state: web::Data<MockState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let guard = state.open_replies.enter();
     state.requests.fetch_add(1, Ordering::SeqCst);
+    let raw = String::from_utf8_lossy(&body).into_owned();
+    state.raw_bodies.lock().expect("lock").push(raw);
     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
     state.bodies.lock().expect("lock").push(body);
     let auth = req

@@ -103,6 +103,41 @@ async fn every_role_content_part_and_field_reaches_the_upstream_unchanged() {
 }
 
 #[actix_web::test]
+async fn fields_and_messages_reach_the_upstream_byte_for_byte() {
+    let mock = MockUpstream::start(Step::reply(&["ok"], (3, 1)));
+    let app = app_with(&mock).await;
+    // Spellings a decode and re-encode would change: 1.50, 1e3, a u64 overflow, escapes,
+    // and key order inside objects.
+    let message =
+        r#"{"content":[{"text":"caf\u00e9 \"x\"","type":"text"}],"role":"user","name":"z"}"#;
+    let fields = r#""temperature":1.50,"seed":18446744073709551616,"top_p":1e3,"x_zeta":{"b":1,"a":[2.0,null]}"#;
+    let body = format!(r#"{{"model":"mock","messages":[{message}],{fields}}}"#);
+    let response = app
+        .client()
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(app.user_token("alice"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body)
+        .await
+        .expect("request");
+    let status = response.status();
+    assert_eq!(status, 200, "{}", json_of(response).await);
+    let sent = mock.raw_bodies().pop().expect("a request");
+    assert!(
+        sent.contains(&format!(r#""messages":[{message}]"#)),
+        "{sent}"
+    );
+    for field in [
+        r#""temperature":1.50"#,
+        r#""seed":18446744073709551616"#,
+        r#""top_p":1e3"#,
+        r#""x_zeta":{"b":1,"a":[2.0,null]}"#,
+    ] {
+        assert!(sent.contains(field), "{field} in {sent}");
+    }
+}
+
+#[actix_web::test]
 async fn a_whole_reply_carries_the_assembled_tool_calls() {
     let calls = [
         ("call_1", "get_weather", r#"{"city":"Paris","unit":"c"}"#),
