@@ -58,6 +58,7 @@ fn encode(c: &mut Criterion) {
         },
         latency_ms: 3,
         cancelled: false,
+        finish_reason: "stop",
     };
     group.bench_function("done", |b| b.iter(|| black_box(black_box(&done).to_json())));
     let error = ServerFrame::Error {

@@ -16,6 +16,13 @@
 //! whole `chat.completion`. `drive` keeps `--concurrency` requests in flight over keep-alive
 //! connections for `--duration` seconds (non-streaming unless `--stream`, the whole body read)
 //! and prints one JSON line: requests, errors, p50/p90/p99/max in ms.
+//!
+//! For the SDK compatibility checks (tests/compat/), `serve` also plays a tool-using model: a
+//! request with `tools` whose last message is not a `tool` result is answered with one call
+//! of the first tool, `{"text": <last user text>}` as its arguments (streamed in two pieces,
+//! `finish_reason: "tool_calls"`); with `"metadata": {"mock_reply": "describe"}` the reply
+//! text is a JSON description of the request as it arrived (roles, content part types, the
+//! other fields' names and values).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -24,12 +31,62 @@ use std::time::{Duration, Instant};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
+/// A message's text: its string content, or its text parts joined by a space.
+fn text_of(message: &Value) -> String {
+    match &message["content"] {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter(|p| p["type"] == "text")
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// What the compatibility checks ask to see of a request: roles, part types, other fields.
+fn describe(request: &Value) -> String {
+    let messages = request["messages"].as_array().cloned().unwrap_or_default();
+    let roles: Vec<&Value> = messages.iter().map(|m| &m["role"]).collect();
+    let part_types: Vec<&Value> = messages
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .map(|p| &p["type"])
+        .collect();
+    let mut params = request.as_object().cloned().unwrap_or_default();
+    for own in ["model", "messages", "stream", "stream_options"] {
+        params.remove(own);
+    }
+    json!({"roles": roles, "part_types": part_types, "params": params}).to_string()
+}
+
+/// The tool call a request with `tools` gets, unless it already carries a tool result.
+fn tool_call_for(request: &Value) -> Option<(String, String)> {
+    let name = request["tools"][0]["function"]["name"].as_str()?;
+    let messages = request["messages"].as_array()?;
+    if messages.last()?["role"] == "tool" {
+        return None;
+    }
+    let user = messages.iter().rev().find(|m| m["role"] == "user")?;
+    Some((name.to_string(), json!({"text": text_of(user)}).to_string()))
+}
+
 fn words_of(request: &Value) -> Vec<String> {
     let last = request["messages"]
         .as_array()
         .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("");
+        .map(|m| {
+            if request["metadata"]["mock_reply"] == "describe" {
+                describe(request)
+            } else if m["role"] == "tool" {
+                format!("tool said {}", text_of(m))
+            } else {
+                text_of(m)
+            }
+        })
+        .unwrap_or_default();
     let mut words: Vec<String> = last.split_whitespace().map(str::to_string).collect();
     for word in words.iter_mut().skip(1) {
         word.insert(0, ' ');
@@ -47,7 +104,19 @@ async fn completions(body: web::Bytes) -> HttpResponse {
                        "total_tokens": 2 * words.len()});
     let head = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
                       "created": 1_717_171_717, "model": model});
+    let call = tool_call_for(&request);
     if request["stream"].as_bool() != Some(true) {
+        if let Some((name, arguments)) = &call {
+            return HttpResponse::Ok().json(json!({
+                "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_717_171_717,
+                "model": model,
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": null,
+                    "tool_calls": [{"id": "call_mock_1", "type": "function",
+                                    "function": {"name": name, "arguments": arguments}}]}}],
+                "usage": usage,
+            }));
+        }
         return HttpResponse::Ok().json(json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_717_171_717,
             "model": model,
@@ -69,14 +138,35 @@ async fn completions(body: web::Bytes) -> HttpResponse {
         json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
         Value::Null,
     );
-    for word in &words {
+    let finish = if let Some((name, arguments)) = &call {
+        let mut cut = arguments.len() / 2;
+        while !arguments.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = arguments.split_at(cut);
         event(
-            json!([{"index": 0, "delta": {"content": word}, "finish_reason": null}]),
+            json!([{"index": 0, "finish_reason": null, "delta": {"tool_calls": [{"index": 0,
+                "id": "call_mock_1", "type": "function",
+                "function": {"name": name, "arguments": head}}]}}]),
             Value::Null,
         );
-    }
+        event(
+            json!([{"index": 0, "finish_reason": null, "delta": {"tool_calls": [{"index": 0,
+                "function": {"arguments": tail}}]}}]),
+            Value::Null,
+        );
+        "tool_calls"
+    } else {
+        for word in &words {
+            event(
+                json!([{"index": 0, "delta": {"content": word}, "finish_reason": null}]),
+                Value::Null,
+            );
+        }
+        "stop"
+    };
     event(
-        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
         Value::Null,
     );
     event(json!([]), usage);

@@ -5,5 +5,6 @@
 /// Chat messages are domain types; the old path stays for callers.
 pub use crate::domain::message;
 pub mod pipeline;
+pub mod tool_calls;
 
 pub use pipeline::{CancelReason, ChatEvent, ChatHandle, ChatPipeline, ChatRequest, HistorySource};

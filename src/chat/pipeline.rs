@@ -12,17 +12,18 @@ use crate::actors::metrics::{MetricsAggregator, Outcome, RecordRejection, Record
 use crate::actors::quota_keeper::{quota_retry_after, GiveBackQuota, QuotaKeeper, TakeQuota};
 use crate::actors::rate_limiter::{Admission, Check, RateLimiter};
 use crate::actors::session_registry::{AppendUserMessage, RecordReply, SessionRegistry};
-use crate::chat::message::{count_words, ChatMessage};
+use crate::chat::tool_calls::ToolCallAssembler;
 use crate::db::queries::quota::QuotaTake;
+use crate::domain::message::{count_words, ChatMessage, Params, RawJson, ToolCall, Turn};
 use crate::domain::{QuotaDay, SessionId, UserId};
 use crate::error::AppError;
-use crate::providers::{Model, ModelCatalog, ProviderEvent, Usage};
+use crate::providers::{Model, ModelCatalog, ModelRequest, ProviderEvent, Usage};
 
 /// Where the conversation the model sees comes from.
 pub enum HistorySource {
-    /// A WebSocket session: the message joins the session's history, and a finished reply
+    /// A WebSocket session: the turn joins the session's history, and a finished reply
     /// joins it too.
-    Session { id: SessionId, content: Arc<str> },
+    Session { id: SessionId, turn: Turn },
     /// A stateless request (OpenAI API): the caller sends the whole conversation.
     Given(Vec<ChatMessage>),
 }
@@ -31,6 +32,8 @@ pub struct ChatRequest {
     pub user: UserId,
     pub model: String,
     pub history: HistorySource,
+    /// Request fields for the model beyond the conversation, passed through as given.
+    pub params: Params,
     /// When the request arrived; latency is measured from here.
     pub received: Instant,
     /// Streamed replies (WebSocket, SSE) end with `unavailable` when shutdown begins; a whole
@@ -42,10 +45,22 @@ pub struct ChatRequest {
 #[derive(Debug)]
 pub enum ChatEvent {
     Delta(String),
+    /// One upstream chunk's `delta.tool_calls` fragments, as sent (the whole calls follow,
+    /// assembled, on `Done`).
+    ToolCallsDelta(RawJson),
+    /// Refusal text, streamed like content.
+    Refusal(String),
+    /// One upstream chunk's `logprobs`, as sent.
+    Logprobs(RawJson),
     Done {
         usage: Usage,
         latency_ms: u64,
         cancelled: bool,
+        /// As the model gave it (`stop`, `length`, `tool_calls`, `content_filter`, …), or
+        /// `cancelled`.
+        finish_reason: Arc<str>,
+        /// The reply's tool calls, assembled from their fragments.
+        tool_calls: Vec<ToolCall>,
     },
     Error(AppError),
 }
@@ -194,12 +209,12 @@ impl ChatPipeline {
         let mut run = Run::new(&request, &model, started_at_ms);
 
         let (session, messages) = match &request.history {
-            HistorySource::Session { id, content } => {
+            HistorySource::Session { id, turn } => {
                 let appended = self
                     .registry
                     .send(AppendUserMessage {
                         id: id.clone(),
-                        content: content.clone(),
+                        turn: turn.clone(),
                     })
                     .await
                     .map_err(|err| AppError::unavailable_mailbox("session_registry", err))
@@ -235,7 +250,10 @@ impl ChatPipeline {
 
         let deadline = tokio::time::sleep_until(Instant::now() + model.timeout);
         tokio::pin!(deadline);
-        let mut stream = model.provider.stream(messages);
+        let mut stream = model.provider.stream(ModelRequest {
+            messages,
+            params: request.params.clone(),
+        });
         let ending = 'stream: loop {
             tokio::select! {
                 biased;
@@ -250,8 +268,8 @@ impl ChatPipeline {
                     "model {} did not finish within {} s", model.name, model.timeout.as_secs()
                 ))),
                 item = stream.next() => match item {
-                    Some(Ok(ProviderEvent::Delta(text))) => {
-                        run.on_delta(&text);
+                    Some(Ok(event)) => {
+                        let Some(event) = run.on_event(event) else { continue };
                         // A client that stops reading fills the channel; waiting for room must
                         // still honour cancel and the deadline, or the chat (and its upstream
                         // request) would hang with the client.
@@ -268,12 +286,11 @@ impl ChatPipeline {
                                 log::warn!("event=client_stalled model={} deltas={}", model.name, run.deltas);
                                 break 'stream Ending::ClientGone;
                             }
-                            sent = events.send(ChatEvent::Delta(text)) => if sent.is_err() {
+                            sent = events.send(event) => if sent.is_err() {
                                 break 'stream Ending::ClientGone;
                             },
                         }
                     }
-                    Some(Ok(ProviderEvent::Usage(usage))) => run.reported_usage = Some(usage),
                     Some(Err(err)) => break Ending::Failed(err),
                     None => break Ending::Finished,
                 },
@@ -306,22 +323,29 @@ impl ChatPipeline {
     ) {
         let latency_ms = request.received.elapsed().as_millis() as u64;
         let usage = run.reported_usage.unwrap_or(run.estimated_usage);
+        let tool_calls = run.tool_calls.finish();
+        let done =
+            |finish_reason: Arc<str>, cancelled: bool, tool_calls: &[ToolCall]| ChatEvent::Done {
+                usage,
+                latency_ms,
+                cancelled,
+                finish_reason,
+                tool_calls: tool_calls.to_vec(),
+            };
         let (outcome, last) = match ending {
-            Ending::Finished => (
-                Outcome::Ok,
-                Some(ChatEvent::Done {
-                    usage,
-                    latency_ms,
-                    cancelled: false,
-                }),
-            ),
+            Ending::Finished => {
+                let reason = run.finish_reason.clone().unwrap_or_else(|| {
+                    Arc::from(if tool_calls.is_empty() {
+                        "stop"
+                    } else {
+                        "tool_calls"
+                    })
+                });
+                (Outcome::Ok, Some(done(reason, false, &tool_calls)))
+            }
             Ending::Cancelled(CancelReason::Client) => (
                 Outcome::Cancelled,
-                Some(ChatEvent::Done {
-                    usage,
-                    latency_ms,
-                    cancelled: true,
-                }),
+                Some(done(Arc::from("cancelled"), true, &[])),
             ),
             Ending::Cancelled(CancelReason::Shutdown) => (
                 Outcome::Error(crate::error::ErrorCode::Unavailable),
@@ -343,6 +367,7 @@ impl ChatPipeline {
                 self.registry.do_send(RecordReply {
                     id: session.clone(),
                     content: Arc::from(run.reply.as_str()),
+                    tool_calls,
                     latency_ms,
                 });
             }
@@ -388,6 +413,8 @@ struct Run {
     keep_reply: bool,
     estimated_usage: Usage,
     reported_usage: Option<Usage>,
+    finish_reason: Option<Arc<str>>,
+    tool_calls: ToolCallAssembler,
 }
 
 impl Run {
@@ -401,15 +428,44 @@ impl Run {
             keep_reply: matches!(request.history, HistorySource::Session { .. }),
             estimated_usage: Usage::default(),
             reported_usage: None,
+            finish_reason: None,
+            tool_calls: ToolCallAssembler::default(),
         }
     }
 
-    fn on_delta(&mut self, text: &str) {
+    /// Takes in what the model sent; returns what the client is to see of it.
+    fn on_event(&mut self, event: ProviderEvent) -> Option<ChatEvent> {
+        let relayed = match event {
+            ProviderEvent::Delta(text) => {
+                if self.keep_reply {
+                    self.reply.push_str(&text);
+                }
+                ChatEvent::Delta(text)
+            }
+            ProviderEvent::ToolCalls(fragments) => {
+                if let Err(err) = self.tool_calls.feed(&fragments) {
+                    // Relayed all the same: the client may make more of it than we can.
+                    log::warn!(
+                        "event=upstream_bad_tool_calls model={} error={err}",
+                        self.model
+                    );
+                }
+                ChatEvent::ToolCallsDelta(fragments)
+            }
+            ProviderEvent::Refusal(text) => ChatEvent::Refusal(text),
+            ProviderEvent::Logprobs(logprobs) => return Some(ChatEvent::Logprobs(logprobs)),
+            ProviderEvent::Finish(reason) => {
+                self.finish_reason = Some(Arc::from(reason));
+                return None;
+            }
+            ProviderEvent::Usage(usage) => {
+                self.reported_usage = Some(usage);
+                return None;
+            }
+        };
         self.deltas += 1;
         self.estimated_usage.completion_tokens += 1;
-        if self.keep_reply {
-            self.reply.push_str(text);
-        }
+        Some(relayed)
     }
 }
 

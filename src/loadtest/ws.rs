@@ -371,10 +371,10 @@ mod tests {
         );
         let text = format!("{CHAT_PREFIX}42{suffix}");
         match crate::ws::protocol::ClientFrame::parse(&text) {
-            Ok(crate::ws::protocol::ClientFrame::Chat { id, model, content }) => {
-                assert_eq!(id.as_str(), "42");
-                assert_eq!(model, "ec\"ho");
-                assert_eq!(content, "w0 w1\nw2");
+            Ok(crate::ws::protocol::ClientFrame::Chat(chat)) => {
+                assert_eq!(chat.id.as_str(), "42");
+                assert_eq!(chat.model, "ec\"ho");
+                assert_eq!(chat.turn.user.map(|m| m.content), Some("w0 w1\nw2".into()));
             }
             other => panic!("{other:?}"),
         }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::Stream;
 use tokio::time::Sleep;
 
-use super::{Provider, ProviderEvent, ProviderStream, Usage};
-use crate::domain::message::{count_words, ChatMessage, ChatRole};
+use super::{ModelRequest, Provider, ProviderEvent, ProviderStream, Usage};
+use crate::domain::message::{count_words, ChatRole};
 use crate::error::AppError;
 
 pub struct EchoProvider {
@@ -24,7 +24,8 @@ impl EchoProvider {
 }
 
 impl Provider for EchoProvider {
-    fn stream(&self, messages: Vec<ChatMessage>) -> ProviderStream {
+    fn stream(&self, request: ModelRequest) -> ProviderStream {
+        let messages = request.messages;
         let prompt_tokens = count_words(&messages);
         let last_user = messages
             .iter()
@@ -107,16 +108,21 @@ impl Stream for EchoStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::message::ChatMessage;
     use futures_util::StreamExt;
 
     async fn collect(provider: &EchoProvider, messages: Vec<ChatMessage>) -> (Vec<String>, Usage) {
         let mut deltas = Vec::new();
         let mut usage = None;
-        let mut stream = provider.stream(messages);
+        let mut stream = provider.stream(ModelRequest {
+            messages,
+            ..ModelRequest::default()
+        });
         while let Some(event) = stream.next().await {
             match event.expect("echo never fails") {
                 ProviderEvent::Delta(d) => deltas.push(d),
                 ProviderEvent::Usage(u) => usage = Some(u),
+                other => panic!("echo sends only deltas and usage: {other:?}"),
             }
         }
         (deltas, usage.expect("usage"))
@@ -140,6 +146,18 @@ mod tests {
                 completion_tokens: 4
             }
         );
+    }
+
+    #[actix_web::test]
+    async fn echo_reads_text_parts_and_ignores_the_others() {
+        let provider = EchoProvider::new(Duration::ZERO);
+        let content = serde_json::value::RawValue::from_string(
+            r#"[{"type":"text","text":"first part"},{"type":"image_url","image_url":{"url":"https://x/y.png"}},{"type":"text","text":"second"}]"#.into(),
+        )
+        .expect("json");
+        let message = ChatMessage::with_content(ChatRole::User, &content).expect("valid");
+        let (deltas, _) = collect(&provider, vec![message]).await;
+        assert_eq!(deltas.concat(), "first part second");
     }
 
     #[actix_web::test]

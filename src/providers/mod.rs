@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::Stream;
 
 use crate::config::{ModelSettings, ProviderKind, Settings};
-use crate::domain::message::ChatMessage;
+use crate::domain::message::{ChatMessage, Params, RawJson};
 use crate::error::AppError;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -22,18 +22,36 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+/// What a model streams. Parts chatgate relays without reading stay as the upstream's JSON.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProviderEvent {
     Delta(String),
+    /// One chunk's `delta.tool_calls` fragments.
+    ToolCalls(RawJson),
+    /// Text of a refusal, streamed like content.
+    Refusal(String),
+    /// One chunk's `logprobs` object.
+    Logprobs(RawJson),
+    /// Why the model stopped (`stop`, `length`, `tool_calls`, `content_filter`, …).
+    Finish(String),
     /// Token counts as the model reports them (at most once, usually last).
     Usage(Usage),
+}
+
+/// What a model is asked: the conversation, and request fields passed through as given.
+#[derive(Clone, Debug, Default)]
+pub struct ModelRequest {
+    pub messages: Vec<ChatMessage>,
+    /// Fields beyond `model`, `messages`, `stream` and `stream_options`; an `openai` upstream
+    /// gets them unchanged, `echo` has no use for them.
+    pub params: Params,
 }
 
 /// Not `Send`: streams live on the worker thread that started them (awc is thread-local).
 pub type ProviderStream = Pin<Box<dyn Stream<Item = Result<ProviderEvent, AppError>>>>;
 
 pub trait Provider: Send + Sync {
-    fn stream(&self, messages: Vec<ChatMessage>) -> ProviderStream;
+    fn stream(&self, request: ModelRequest) -> ProviderStream;
 }
 
 /// A served model: its settings and the provider that runs it.

@@ -4,5 +4,6 @@
 
 pub mod admin_feed;
 pub mod chat;
+pub mod chat_frames;
 pub mod protocol;
 pub mod transport;

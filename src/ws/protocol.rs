@@ -4,6 +4,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use super::chat_frames::{ChatFields, ChatFrame};
+use crate::domain::message::ToolCall;
 use crate::domain::ChatId;
 use crate::error::{AppError, ErrorCode};
 use crate::providers::Usage;
@@ -11,14 +13,8 @@ use crate::providers::Usage;
 /// A validated client frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientFrame {
-    Chat {
-        id: ChatId,
-        model: String,
-        content: String,
-    },
-    Cancel {
-        id: ChatId,
-    },
+    Chat(ChatFrame),
+    Cancel { id: ChatId },
     Ping,
 }
 
@@ -37,10 +33,6 @@ struct RawFrame<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    content: Option<Cow<'a, str>>,
 }
 
 impl ClientFrame {
@@ -72,25 +64,12 @@ impl ClientFrame {
                     id: None,
                     message: "missing id".into(),
                 })?;
-                let with_id = |message: &str| FrameError {
+                // A second pass over the same text: `flatten` cannot carry borrowed raw JSON.
+                let fields: ChatFields = serde_json::from_str(text).map_err(|err| FrameError {
                     id: Some(id.clone()),
-                    message: message.to_string(),
-                };
-                let model = raw
-                    .model
-                    .as_deref()
-                    .filter(|m| !m.is_empty())
-                    .ok_or_else(|| with_id("a chat frame needs a \"model\""))?;
-                let content = raw
-                    .content
-                    .as_deref()
-                    .filter(|c| !c.trim().is_empty())
-                    .ok_or_else(|| with_id("a chat frame needs a non-empty \"content\""))?;
-                Ok(ClientFrame::Chat {
-                    id: id.clone(),
-                    model: model.to_string(),
-                    content: content.to_string(),
-                })
+                    message: format!("chat frame fields of the wrong type: {err}"),
+                })?;
+                ChatFrame::parse(id, fields).map(ClientFrame::Chat)
             }
             "cancel" => {
                 let id = parse_id(true)?.ok_or_else(|| FrameError {
@@ -120,11 +99,18 @@ pub enum ServerFrame<'a> {
         id: &'a str,
         content: &'a str,
     },
+    /// The reply's tool calls, whole, before its `done`.
+    ToolCalls {
+        id: &'a str,
+        calls: &'a [ToolCall],
+    },
     Done {
         id: &'a str,
         usage: Usage,
         latency_ms: u64,
         cancelled: bool,
+        /// `stop`, `length`, `tool_calls`, `content_filter` (as the model said), or `cancelled`.
+        finish_reason: &'a str,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,18 +155,27 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The text of a chat frame's user message.
+    fn chat_text(frame: &ClientFrame) -> Option<&str> {
+        match frame {
+            ClientFrame::Chat(chat) => chat.turn.user.as_ref().map(|m| &*m.content),
+            _ => None,
+        }
+    }
+
     #[test]
     fn valid_frames_parse() {
-        assert_eq!(
-            ClientFrame::parse(
-                r#"{"type":"chat","id":"c1","model":"echo","content":"hello there"}"#
-            ),
-            Ok(ClientFrame::Chat {
-                id: ChatId::parse("c1").expect("id"),
-                model: "echo".into(),
-                content: "hello there".into()
-            })
-        );
+        let frame = ClientFrame::parse(
+            r#"{"type":"chat","id":"c1","model":"echo","content":"hello there"}"#,
+        )
+        .expect("valid");
+        let ClientFrame::Chat(chat) = &frame else {
+            panic!("{frame:?}")
+        };
+        assert_eq!(chat.id.as_str(), "c1");
+        assert_eq!(chat.model, "echo");
+        assert_eq!(chat_text(&frame), Some("hello there"));
+        assert!(chat.params.is_empty() && chat.turn.system.is_none());
         assert_eq!(
             ClientFrame::parse(r#"{"type":"cancel","id":"c1"}"#),
             Ok(ClientFrame::Cancel {
@@ -192,10 +187,10 @@ mod tests {
             Ok(ClientFrame::Ping)
         );
         // Escapes decode (borrowed parsing falls back to owned strings).
-        assert!(matches!(
-            ClientFrame::parse(r#"{"type":"chat","id":"c\"1","model":"echo","content":"a\nb"}"#),
-            Ok(ClientFrame::Chat { content, .. }) if content == "a\nb"
-        ));
+        let frame =
+            ClientFrame::parse(r#"{"type":"chat","id":"c\"1","model":"echo","content":"a\nb"}"#)
+                .expect("valid");
+        assert_eq!(chat_text(&frame), Some("a\nb"));
     }
 
     #[test]
@@ -245,10 +240,11 @@ mod tests {
             },
             latency_ms: 3,
             cancelled: false,
+            finish_reason: "stop",
         };
         assert_eq!(
             done.to_json(),
-            r#"{"type":"done","id":"c1","usage":{"prompt_tokens":2,"completion_tokens":2},"latency_ms":3,"cancelled":false}"#
+            r#"{"type":"done","id":"c1","usage":{"prompt_tokens":2,"completion_tokens":2},"latency_ms":3,"cancelled":false,"finish_reason":"stop"}"#
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
         assert_eq!(
@@ -279,10 +275,10 @@ mod tests {
         fn chat_frames_round_trip(id in "[a-zA-Z0-9_-]{1,64}", model in "[a-z0-9.-]{1,20}", content in "[^\u{0}]{0,100}") {
             let json = serde_json::json!({"type":"chat","id":id,"model":model,"content":content}).to_string();
             match ClientFrame::parse(&json) {
-                Ok(ClientFrame::Chat { id: got_id, model: got_model, content: got_content }) => {
-                    prop_assert_eq!(got_id.as_str(), id.as_str());
-                    prop_assert_eq!(got_model, model);
-                    prop_assert_eq!(got_content, content);
+                Ok(ClientFrame::Chat(chat)) => {
+                    prop_assert_eq!(chat.id.as_str(), id.as_str());
+                    prop_assert_eq!(chat.model, model);
+                    prop_assert_eq!(chat.turn.user.map(|m| m.content.to_string()), Some(content));
                 }
                 Ok(other) => prop_assert!(false, "parsed as {:?}", other),
                 Err(err) => prop_assert!(content.trim().is_empty(), "{}", err.message),

@@ -29,6 +29,8 @@ pub enum Step {
         deltas: Vec<String>,
         usage: Option<(u64, u64)>,
     },
+    /// These chunks as they are, one `data:` event each, then `[DONE]`.
+    Chunks(Vec<Value>),
     /// Reads the request and never answers.
     HangBeforeFirstByte,
     /// Streams these deltas, then goes silent with the response still open.
@@ -51,6 +53,13 @@ impl Step {
             deltas: strings(deltas),
             usage: Some(usage),
         }
+    }
+
+    /// A reply of tool calls (`(id, name, arguments)`), streamed as OpenAI does: each call's
+    /// first fragment brings its id and name, its arguments follow in two pieces; then
+    /// `finish_reason: "tool_calls"` and usage.
+    pub fn tool_calls(calls: &[(&str, &str, &str)]) -> Step {
+        Step::Chunks(tool_call_chunks(calls))
     }
 
     pub fn status(status: u16) -> Step {
@@ -95,6 +104,7 @@ struct MockState {
     fallback: Mutex<Option<Step>>,
     requests: AtomicUsize,
     bodies: Mutex<Vec<Value>>,
+    raw_bodies: Mutex<Vec<String>>,
     authorization: Mutex<Vec<Option<String>>>,
     /// Requests whose handler or response body is still alive.
     open_replies: Gauge,
@@ -155,6 +165,11 @@ impl MockUpstream {
         self.state.bodies.lock().expect("lock").clone()
     }
 
+    /// The request bodies as the bytes arrived, for checks of exact pass-through.
+    pub fn raw_bodies(&self) -> Vec<String> {
+        self.state.raw_bodies.lock().expect("lock").clone()
+    }
+
     pub fn authorization(&self) -> Vec<Option<String>> {
         self.state.authorization.lock().expect("lock").clone()
     }
@@ -211,6 +226,8 @@ impl Drop for MockUpstream {
 async fn answer(state: web::Data<MockState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let guard = state.open_replies.enter();
     state.requests.fetch_add(1, Ordering::SeqCst);
+    let raw = String::from_utf8_lossy(&body).into_owned();
+    state.raw_bodies.lock().expect("lock").push(raw);
     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
     state.bodies.lock().expect("lock").push(body);
     let auth = req
@@ -244,6 +261,11 @@ async fn answer(state: web::Data<MockState>, req: HttpRequest, body: web::Bytes)
                 response.insert_header((header::RETRY_AFTER, value));
             }
             response.content_type("application/json").body(body)
+        }
+        Step::Chunks(chunks) => {
+            let mut events: Vec<String> = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+            events.push("data: [DONE]\n\n".into());
+            sse(stream::iter(frames(events)), guard)
         }
         Step::Reply { deltas, usage } => {
             sse(stream::iter(frames(reply_events(&deltas, usage))), guard)
@@ -327,4 +349,35 @@ fn reply_events(deltas: &[String], usage: Option<(u64, u64)>) -> Vec<String> {
     }
     events.push("data: [DONE]\n\n".into());
     events
+}
+
+/// The chunks of a streamed tool-call reply (see [`Step::tool_calls`]).
+pub fn tool_call_chunks(calls: &[(&str, &str, &str)]) -> Vec<Value> {
+    let wrap = |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
+            "model": "mock",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        })
+    };
+    let mut chunks = vec![wrap(json!({"role": "assistant", "content": null}), None)];
+    for (index, (id, name, arguments)) in calls.iter().enumerate() {
+        let split = arguments.len() / 2;
+        let (head, tail) = arguments.split_at(split);
+        chunks.push(wrap(
+            json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                                   "function": {"name": name, "arguments": head}}]}),
+            None,
+        ));
+        chunks.push(wrap(
+            json!({"tool_calls": [{"index": index, "function": {"arguments": tail}}]}),
+            None,
+        ));
+    }
+    chunks.push(wrap(json!({}), Some("tool_calls")));
+    chunks.push(json!({
+        "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": "mock",
+        "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 9, "total_tokens": 20},
+    }));
+    chunks
 }

@@ -26,7 +26,7 @@ fn chat_body(model: &str, content: &str, stream: bool) -> Value {
     })
 }
 
-async fn post(app: &TestApp, token: Option<&str>, body: &Value) -> awc::ClientResponse {
+pub(crate) async fn post(app: &TestApp, token: Option<&str>, body: &Value) -> awc::ClientResponse {
     let mut request = app.client().post(app.url("/v1/chat/completions"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -34,13 +34,13 @@ async fn post(app: &TestApp, token: Option<&str>, body: &Value) -> awc::ClientRe
     request.send_json(body).await.expect("request")
 }
 
-async fn json_of(mut response: awc::ClientResponse) -> Value {
+pub(crate) async fn json_of(mut response: awc::ClientResponse) -> Value {
     let bytes = response.body().limit(1 << 20).await.expect("body");
     serde_json::from_slice(&bytes).expect("JSON body")
 }
 
 /// Reads an SSE body to its end: every event's data, in order.
-async fn sse_events(response: &mut awc::ClientResponse) -> Vec<String> {
+pub(crate) async fn sse_events(response: &mut awc::ClientResponse) -> Vec<String> {
     let mut parser = SseParser::default();
     let mut events = Vec::new();
     loop {

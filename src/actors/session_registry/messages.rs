@@ -6,7 +6,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::actors::connections::CloseConnection;
-use crate::domain::message::ChatMessage;
+use crate::domain::message::{ChatMessage, ToolCall, Turn};
 use crate::domain::{SessionId, UserId};
 use crate::error::AppError;
 
@@ -33,12 +33,13 @@ pub struct DetachSession {
     pub conn_id: u64,
 }
 
-/// Adds the user's message and returns the history the model should see.
+/// Adds the chat's turn (system prompt, tool results, user message) and returns the history
+/// the model should see.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<ChatMessage>, AppError>")]
 pub struct AppendUserMessage {
     pub id: SessionId,
-    pub content: Arc<str>,
+    pub turn: Turn,
 }
 
 /// A reply finished normally: it joins the history and its response time is counted.
@@ -47,6 +48,7 @@ pub struct AppendUserMessage {
 pub struct RecordReply {
     pub id: SessionId,
     pub content: Arc<str>,
+    pub tool_calls: Vec<ToolCall>,
     pub latency_ms: u64,
 }
 

@@ -119,7 +119,7 @@ impl Handler<AppendUserMessage> for SessionRegistry {
     type Result = Result<Vec<ChatMessage>, AppError>;
 
     fn handle(&mut self, msg: AppendUserMessage, _: &mut Context<Self>) -> Self::Result {
-        self.state.append_user(&msg.id, msg.content)
+        self.state.append_turn(&msg.id, msg.turn)
     }
 }
 
@@ -127,9 +127,9 @@ impl Handler<RecordReply> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: RecordReply, _: &mut Context<Self>) {
-        if let Some(row) = self
-            .state
-            .record_reply(&msg.id, msg.content, msg.latency_ms)
+        if let Some(row) =
+            self.state
+                .record_reply(&msg.id, msg.content, msg.tool_calls, msg.latency_ms)
         {
             self.persist(row);
         }

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use super::messages::{SessionOpened, SessionStats, SessionSummary, StateFilter};
 use crate::actors::connections::CloseConnection;
 use crate::db::models::SessionRow;
-use crate::domain::message::ChatMessage;
+use crate::domain::message::{ChatMessage, ChatRole, ToolCall, Turn};
 use crate::domain::{SessionId, UserId};
 use crate::error::AppError;
 
@@ -31,8 +31,12 @@ struct Attachment {
 
 struct Session {
     user: UserId,
+    /// Heads the history the model sees; outside the bound, so never dropped by it.
+    system: Option<ChatMessage>,
     history: VecDeque<ChatMessage>,
     history_bytes: usize,
+    /// Ids of the last reply's tool calls not yet answered by `tool_results`.
+    open_calls: Vec<String>,
     response_ms: VecDeque<u64>,
     messages: i64,
     started_at_ms: i64,
@@ -54,6 +58,38 @@ impl Session {
                 None => break,
             }
         }
+        // Tool results whose call was dropped would be refused upstream: they go with it.
+        while self.history.len() > 1 && self.history[0].role == ChatRole::Tool {
+            if let Some(old) = self.history.pop_front() {
+                self.history_bytes -= old.content.len();
+            }
+        }
+    }
+
+    /// Tool results must answer calls of the previous reply: an upstream refuses others.
+    fn check_tool_results(&self, turn: &Turn) -> Result<(), AppError> {
+        for (call_id, _) in &turn.tool_results {
+            if !self.open_calls.contains(call_id) {
+                let open = if self.open_calls.is_empty() {
+                    "it has no unanswered tool calls".to_string()
+                } else {
+                    format!("its unanswered calls are {}", self.open_calls.join(", "))
+                };
+                return Err(AppError::BadRequest(format!(
+                    "tool_results names call {call_id:?}, which is not a tool call of this \
+                     session's previous reply ({open})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Vec<ChatMessage> {
+        self.system
+            .iter()
+            .chain(self.history.iter())
+            .cloned()
+            .collect()
     }
 
     fn avg_response_ms(&self) -> Option<i64> {
@@ -126,8 +162,10 @@ impl RegistryState {
         let id = SessionId::new_random();
         let session = Session {
             user,
+            system: None,
             history: VecDeque::new(),
             history_bytes: 0,
+            open_calls: Vec::new(),
             response_ms: VecDeque::new(),
             messages: 0,
             started_at_ms: now_ms,
@@ -164,30 +202,45 @@ impl RegistryState {
         Some(Self::row(id, session))
     }
 
-    pub fn append_user(
+    pub fn append_turn(
         &mut self,
         id: &SessionId,
-        content: Arc<str>,
+        turn: Turn,
     ) -> Result<Vec<ChatMessage>, AppError> {
         let limits = self.limits.clone();
         let session = self
             .sessions
             .get_mut(id)
             .ok_or_else(|| AppError::NotFound("the session has ended".into()))?;
-        session.push(ChatMessage::user(content), &limits);
-        session.messages += 1;
-        Ok(session.history.iter().cloned().collect())
+        session.check_tool_results(&turn)?;
+        if let Some(system) = turn.system {
+            session.system = Some(system);
+        }
+        for (call_id, result) in turn.tool_results {
+            session.open_calls.retain(|open| *open != call_id);
+            session.push(result, &limits);
+        }
+        if let Some(user) = turn.user {
+            session.push(user, &limits);
+            session.messages += 1;
+        }
+        Ok(session.snapshot())
     }
 
     pub fn record_reply(
         &mut self,
         id: &SessionId,
         content: Arc<str>,
+        tool_calls: Vec<ToolCall>,
         latency_ms: u64,
     ) -> Option<RowChange> {
         let limits = self.limits.clone();
         let session = self.sessions.get_mut(id)?;
-        session.push(ChatMessage::assistant(content), &limits);
+        session.open_calls = tool_calls.iter().map(|call| call.id.clone()).collect();
+        session.push(
+            ChatMessage::assistant_with_calls(&content, &tool_calls),
+            &limits,
+        );
         session.messages += 1;
         if session.response_ms.len() == RESPONSE_WINDOW {
             session.response_ms.pop_front();
@@ -311,18 +364,92 @@ mod tests {
         let (opened, _, _) = state.open(user("u"), None, (1, conn), 0);
         for word in ["aaaa", "bbbb", "cccc", "dddd", "eeee"] {
             state
-                .append_user(&opened.id, Arc::from(word))
+                .append_turn(&opened.id, user_turn(word))
                 .expect("append");
         }
         let history = state
-            .append_user(&opened.id, Arc::from("ffff"))
+            .append_turn(&opened.id, user_turn("ffff"))
             .expect("append");
         let contents: Vec<&str> = history.iter().map(|m| &*m.content).collect();
         assert_eq!(contents, vec!["cccc", "dddd", "eeee", "ffff"]);
         let big = state
-            .append_user(&opened.id, Arc::from("x".repeat(50)))
+            .append_turn(&opened.id, user_turn(&"x".repeat(50)))
             .expect("append");
         assert_eq!(big.len(), 1, "an oversized message stays alone");
+    }
+
+    fn user_turn(text: &str) -> Turn {
+        Turn {
+            user: Some(ChatMessage::user(text)),
+            ..Turn::default()
+        }
+    }
+
+    #[actix::test]
+    async fn system_prompt_heads_the_history_and_outlives_the_bound() {
+        let conn = NullConnection.start().recipient();
+        let mut state = RegistryState::new(limits(), Duration::from_secs(60));
+        let (opened, _, _) = state.open(user("u"), None, (1, conn), 0);
+        let first = Turn {
+            system: Some(ChatMessage::text(ChatRole::System, "be terse")),
+            ..user_turn("aaaa")
+        };
+        state.append_turn(&opened.id, first).expect("append");
+        let mut history = Vec::new();
+        for word in ["bbbb", "cccc", "dddd", "eeee", "ffff"] {
+            history = state
+                .append_turn(&opened.id, user_turn(word))
+                .expect("append");
+        }
+        let contents: Vec<&str> = history.iter().map(|m| &*m.content).collect();
+        assert_eq!(contents, vec!["be terse", "cccc", "dddd", "eeee", "ffff"]);
+    }
+
+    #[actix::test]
+    async fn tool_results_must_answer_the_previous_replys_calls() {
+        let conn = NullConnection.start().recipient();
+        let mut state = RegistryState::new(limits(), Duration::from_secs(60));
+        let (opened, _, _) = state.open(user("u"), None, (1, conn), 0);
+        let result = |id: &str| {
+            let content = serde_json::value::RawValue::from_string("\"17\"".into()).expect("json");
+            let message = ChatMessage::tool_result(id, &content).expect("valid");
+            Turn {
+                tool_results: vec![(id.to_string(), message)],
+                ..Turn::default()
+            }
+        };
+        let err = state
+            .append_turn(&opened.id, result("call_1"))
+            .expect_err("no calls yet");
+        assert!(
+            err.to_string().contains("no unanswered tool calls"),
+            "{err}"
+        );
+        state
+            .append_turn(&opened.id, user_turn("add"))
+            .expect("append");
+        let call = ToolCall {
+            id: "call_1".into(),
+            kind: "function".into(),
+            ..ToolCall::default()
+        };
+        state.record_reply(&opened.id, Arc::from(""), vec![call], 5);
+        let err = state
+            .append_turn(&opened.id, result("call_9"))
+            .expect_err("unknown call");
+        assert!(
+            err.to_string().contains("\"call_9\"") && err.to_string().contains("call_1"),
+            "{err}"
+        );
+        let history = state
+            .append_turn(&opened.id, result("call_1"))
+            .expect("answers call_1");
+        let roles: Vec<ChatRole> = history.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [ChatRole::User, ChatRole::Assistant, ChatRole::Tool]);
+        assert!(
+            state.append_turn(&opened.id, result("call_1")).is_err(),
+            "answered once"
+        );
     }
 
     #[actix::test]

@@ -92,6 +92,7 @@ pub async fn chat_completions(
         user: caller.0.user,
         model: request.model,
         history: HistorySource::Given(request.messages),
+        params: request.params,
         received,
         ends_at_shutdown: request.stream,
     });

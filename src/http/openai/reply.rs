@@ -9,7 +9,7 @@ use actix_web::web::Bytes;
 use actix_web::HttpResponse;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::shapes::{error_event, ReplyMeta};
+use super::shapes::{error_event, ReplyMeta, WholeReply};
 use crate::chat::{CancelReason, ChatEvent, ChatHandle};
 use crate::error::AppError;
 
@@ -59,12 +59,25 @@ fn vanished() -> AppError {
 
 /// Waits for the whole reply; any failure becomes the HTTP error response.
 pub async fn complete(mut events: ChatEvents, meta: ReplyMeta) -> Result<HttpResponse, AppError> {
-    let mut content = String::new();
+    let mut reply = WholeReply::default();
     loop {
         match events.next().await.ok_or_else(vanished)? {
-            ChatEvent::Delta(text) => content.push_str(&text),
-            ChatEvent::Done { usage, .. } => {
-                return Ok(HttpResponse::Ok().json(meta.completion(content, usage)))
+            ChatEvent::Delta(text) => reply.content.push_str(&text),
+            ChatEvent::Refusal(text) => reply
+                .refusal
+                .get_or_insert_with(String::new)
+                .push_str(&text),
+            ChatEvent::Logprobs(logprobs) => reply.logprobs.add(&logprobs),
+            // Assembled on `Done`.
+            ChatEvent::ToolCallsDelta(_) => {}
+            ChatEvent::Done {
+                usage,
+                finish_reason,
+                tool_calls,
+                ..
+            } => {
+                let body = meta.completion(reply, usage, &finish_reason, &tool_calls);
+                return Ok(HttpResponse::Ok().json(body));
             }
             ChatEvent::Error(err) => return Err(err),
         }
@@ -125,7 +138,14 @@ fn event_or(event: Option<ChatEvent>) -> ChatEvent {
 fn frame(meta: &ReplyMeta, event: ChatEvent) -> (Bytes, bool) {
     match event {
         ChatEvent::Delta(text) => (Bytes::from(meta.delta(&text)), false),
-        ChatEvent::Done { usage, .. } => (Bytes::from(meta.finish(usage)), true),
+        ChatEvent::ToolCallsDelta(fragments) => (Bytes::from(meta.tool_calls(&fragments)), false),
+        ChatEvent::Refusal(text) => (Bytes::from(meta.refusal(&text)), false),
+        ChatEvent::Logprobs(logprobs) => (Bytes::from(meta.logprobs(&logprobs)), false),
+        ChatEvent::Done {
+            usage,
+            finish_reason,
+            ..
+        } => (Bytes::from(meta.finish(usage, &finish_reason)), true),
         ChatEvent::Error(err) => (error_event(&err), true),
     }
 }

@@ -2,9 +2,10 @@
 //! SSE events for a streamed one, and the error event that ends a stream that failed.
 
 use actix_web::web::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::domain::message::{RawJson, ToolCall};
 use crate::error::AppError;
 use crate::providers::Usage;
 
@@ -41,24 +42,76 @@ pub struct Completion<'a> {
     object: &'static str,
     created: i64,
     model: &'a str,
-    choices: [CompletionChoice; 1],
+    choices: [CompletionChoice<'a>; 1],
     usage: UsageBody,
 }
 
 #[derive(Serialize, ToSchema)]
-struct CompletionChoice {
+struct CompletionChoice<'a> {
     index: u32,
-    message: AssistantMessage,
-    /// Always `null`.
+    message: AssistantMessage<'a>,
+    /// The upstream's token log probabilities when it sent them (`logprobs: true`), else
+    /// `null`.
     #[schema(value_type = Option<Object>)]
-    logprobs: Option<()>,
-    finish_reason: &'static str,
+    logprobs: Option<Logprobs>,
+    /// As the model gave it: `stop`, `length`, `tool_calls`, `content_filter`.
+    finish_reason: &'a str,
 }
 
 #[derive(Serialize, ToSchema)]
-struct AssistantMessage {
+struct AssistantMessage<'a> {
     role: &'static str,
-    content: String,
+    /// `null` when the reply is only tool calls.
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<String>,
+    /// The tool calls the model made, as the upstream sent them.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    tool_calls: &'a [ToolCall],
+}
+
+/// A streamed reply's `logprobs`, gathered into one object for a whole reply. The entries
+/// themselves stay as the upstream wrote them.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct Logprobs {
+    #[serde(default)]
+    content: Option<Vec<RawJson>>,
+    #[serde(default)]
+    refusal: Option<Vec<RawJson>>,
+}
+
+impl Logprobs {
+    /// Adds one chunk's `logprobs`; one that is not of OpenAI's shape is skipped (and logged).
+    pub fn add(&mut self, chunk: &RawJson) {
+        let chunk: Logprobs = match serde_json::from_str(chunk.get()) {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                log::warn!("event=upstream_bad_logprobs error={err}");
+                return;
+            }
+        };
+        for (all, more) in [
+            (&mut self.content, chunk.content),
+            (&mut self.refusal, chunk.refusal),
+        ] {
+            if let Some(more) = more {
+                all.get_or_insert_with(Vec::new).extend(more);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.content.is_none() && self.refusal.is_none()
+    }
+}
+
+/// What a whole reply gathers from its events before `Done`.
+#[derive(Default)]
+pub struct WholeReply {
+    pub content: String,
+    pub refusal: Option<String>,
+    pub logprobs: Logprobs,
 }
 
 /// One server-sent event of a streamed reply (`"object": "chat.completion.chunk"`), sent as
@@ -81,10 +134,10 @@ pub struct Chunk<'a> {
 struct ChunkChoice<'a> {
     index: u32,
     delta: ChunkDelta<'a>,
-    /// Always `null`.
+    /// The upstream's `logprobs` for this chunk, as sent, else `null`.
     #[schema(value_type = Option<Object>)]
-    logprobs: Option<()>,
-    finish_reason: Option<&'static str>,
+    logprobs: Option<&'a RawJson>,
+    finish_reason: Option<&'a str>,
 }
 
 #[derive(Default, Serialize, ToSchema)]
@@ -93,6 +146,13 @@ struct ChunkDelta<'a> {
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<&'a str>,
+    /// Tool-call fragments (`index`, then `id`, `type`, `function.name` and pieces of
+    /// `function.arguments`), as the upstream sent them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    tool_calls: Option<&'a RawJson>,
 }
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -107,7 +167,14 @@ impl ReplyMeta {
         }
     }
 
-    pub fn completion(&self, content: String, usage: Usage) -> impl Serialize + '_ {
+    pub fn completion<'a>(
+        &'a self,
+        reply: WholeReply,
+        usage: Usage,
+        finish_reason: &'a str,
+        tool_calls: &'a [ToolCall],
+    ) -> impl Serialize + 'a {
+        let content = (!reply.content.is_empty() || tool_calls.is_empty()).then_some(reply.content);
         Completion {
             id: &self.id,
             object: "chat.completion",
@@ -118,9 +185,11 @@ impl ReplyMeta {
                 message: AssistantMessage {
                     role: "assistant",
                     content,
+                    refusal: reply.refusal,
+                    tool_calls,
                 },
-                logprobs: None,
-                finish_reason: "stop",
+                logprobs: (!reply.logprobs.is_empty()).then_some(reply.logprobs),
+                finish_reason,
             }],
             usage: usage.into(),
         }
@@ -132,6 +201,7 @@ impl ReplyMeta {
             ChunkDelta {
                 role: Some("assistant"),
                 content: Some(""),
+                ..ChunkDelta::default()
             },
             None,
         )
@@ -147,9 +217,33 @@ impl ReplyMeta {
         )
     }
 
+    pub fn refusal(&self, refusal: &str) -> Vec<u8> {
+        self.event(
+            ChunkDelta {
+                refusal: Some(refusal),
+                ..ChunkDelta::default()
+            },
+            None,
+        )
+    }
+
+    pub fn tool_calls(&self, fragments: &RawJson) -> Vec<u8> {
+        self.event(
+            ChunkDelta {
+                tool_calls: Some(fragments),
+                ..ChunkDelta::default()
+            },
+            None,
+        )
+    }
+
+    pub fn logprobs(&self, logprobs: &RawJson) -> Vec<u8> {
+        self.choice_event(ChunkDelta::default(), Some(logprobs), None)
+    }
+
     /// The end of a good reply: the finish chunk, the usage chunk when asked for, `[DONE]`.
-    pub fn finish(&self, usage: Usage) -> Vec<u8> {
-        let mut out = self.event(ChunkDelta::default(), Some("stop"));
+    pub fn finish(&self, usage: Usage, finish_reason: &str) -> Vec<u8> {
+        let mut out = self.event(ChunkDelta::default(), Some(finish_reason));
         if self.include_usage {
             let chunk = Chunk {
                 choices: Vec::new(),
@@ -173,12 +267,21 @@ impl ReplyMeta {
         }
     }
 
-    fn event(&self, delta: ChunkDelta<'_>, finish_reason: Option<&'static str>) -> Vec<u8> {
+    fn event(&self, delta: ChunkDelta<'_>, finish_reason: Option<&str>) -> Vec<u8> {
+        self.choice_event(delta, None, finish_reason)
+    }
+
+    fn choice_event(
+        &self,
+        delta: ChunkDelta<'_>,
+        logprobs: Option<&RawJson>,
+        finish_reason: Option<&str>,
+    ) -> Vec<u8> {
         let chunk = Chunk {
             choices: vec![ChunkChoice {
                 index: 0,
                 delta,
-                logprobs: None,
+                logprobs,
                 finish_reason,
             }],
             ..self.chunk()
@@ -228,7 +331,11 @@ mod tests {
     #[test]
     fn completion_has_openai_shape() {
         let meta = ReplyMeta::new("echo", false);
-        let c = serde_json::to_value(meta.completion("hi there".into(), usage())).expect("json");
+        let reply = WholeReply {
+            content: "hi there".into(),
+            ..WholeReply::default()
+        };
+        let c = serde_json::to_value(meta.completion(reply, usage(), "stop", &[])).expect("json");
         assert!(c["id"].as_str().expect("id").starts_with("chatcmpl-"));
         assert_eq!(c["object"], "chat.completion");
         assert_eq!(c["model"], "echo");
@@ -249,7 +356,7 @@ mod tests {
         let meta = ReplyMeta::new("echo", true);
         let mut bytes = meta.opening();
         bytes.extend(meta.delta("hi"));
-        bytes.extend(meta.finish(usage()));
+        bytes.extend(meta.finish(usage(), "stop"));
         let events = events(&bytes);
         assert_eq!(events.len(), 5, "{events:?}");
         assert_eq!(events[4], "[DONE]");
@@ -275,10 +382,55 @@ mod tests {
     #[test]
     fn without_include_usage_there_is_no_usage_chunk() {
         let meta = ReplyMeta::new("echo", false);
-        let events = events(&meta.finish(usage()));
+        let events = events(&meta.finish(usage(), "stop"));
         assert_eq!(events.len(), 2);
         let finish: Value = serde_json::from_str(&events[0]).expect("json");
         assert!(finish.get("usage").is_none());
+    }
+
+    fn raw(text: &str) -> RawJson {
+        RawJson(serde_json::value::RawValue::from_string(text.into()).expect("json"))
+    }
+
+    #[test]
+    fn tool_calls_refusal_and_logprobs_keep_the_upstreams_shape() {
+        let meta = ReplyMeta::new("m", false);
+        let fragments = raw(
+            r#"[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\": 1.50}"}}]"#,
+        );
+        let mut bytes = meta.tool_calls(&fragments);
+        bytes.extend(meta.refusal("no"));
+        let lp = raw(
+            r#"{"content":[{"token":"x","logprob":-0.25,"bytes":[120],"top_logprobs":[]}],"refusal":null}"#,
+        );
+        bytes.extend(meta.logprobs(&lp));
+        bytes.extend(meta.finish(usage(), "tool_calls"));
+        let events = events(&bytes);
+        assert!(events[0].contains(r#""tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\": 1.50}"}}]"#), "{}", events[0]);
+        let refusal: Value = serde_json::from_str(&events[1]).expect("json");
+        assert_eq!(refusal["choices"][0]["delta"], json!({"refusal":"no"}));
+        assert!(events[2].contains(r#""logprobs":{"content":[{"token":"x","logprob":-0.25,"bytes":[120],"top_logprobs":[]}],"refusal":null}"#), "{}", events[2]);
+        let finish: Value = serde_json::from_str(&events[3]).expect("json");
+        assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
+
+        let call = ToolCall {
+            id: "call_1".into(),
+            kind: "function".into(),
+            ..ToolCall::default()
+        };
+        let mut reply = WholeReply::default();
+        reply.logprobs.add(&lp);
+        reply.logprobs.add(&lp);
+        let whole = serde_json::to_value(meta.completion(reply, usage(), "tool_calls", &[call]))
+            .expect("json");
+        let choice = &whole["choices"][0];
+        assert_eq!(choice["message"]["content"], Value::Null);
+        assert_eq!(choice["message"]["tool_calls"][0]["id"], "call_1");
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(
+            choice["logprobs"]["content"].as_array().map(Vec::len),
+            Some(2)
+        );
     }
 
     #[test]

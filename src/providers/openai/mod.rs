@@ -25,9 +25,9 @@ use tokio::time::Instant;
 use self::chunks::ChunkDecoder;
 use self::retry::{AttemptFailure, Retry, RetryPolicy};
 use super::sse::SseParser;
-use super::{Provider, ProviderEvent, ProviderStream};
+use super::{ModelRequest, Provider, ProviderEvent, ProviderStream};
 use crate::config::{ModelSettings, Secret};
-use crate::domain::message::ChatMessage;
+use crate::domain::message::{ChatMessage, Params};
 use crate::error::AppError;
 
 /// How much of a non-2xx body is read to classify it.
@@ -98,6 +98,9 @@ struct RequestBody<'a> {
     messages: &'a [ChatMessage],
     stream: bool,
     stream_options: StreamOptions,
+    /// The client's other fields, as given (callers keep the four above out of it).
+    #[serde(flatten)]
+    params: &'a Params,
 }
 
 #[derive(Serialize)]
@@ -106,15 +109,16 @@ struct StreamOptions {
 }
 
 impl Provider for OpenAiProvider {
-    fn stream(&self, messages: Vec<ChatMessage>) -> ProviderStream {
+    fn stream(&self, request: ModelRequest) -> ProviderStream {
         let upstream = self.upstream.clone();
         let body = serde_json::to_vec(&RequestBody {
             model: &upstream.upstream_model,
-            messages: &messages,
+            messages: &request.messages,
             stream: true,
             stream_options: StreamOptions {
                 include_usage: true,
             },
+            params: &request.params,
         });
         let state = match body {
             Ok(body) => State::Connect {
@@ -421,6 +425,36 @@ mod tests {
             );
             assert_eq!(provider.upstream.upstream_model, "small");
         }
+    }
+
+    #[test]
+    fn request_body_carries_messages_and_params_verbatim() {
+        let raw = |text: &str| {
+            crate::domain::message::RawJson(
+                serde_json::value::RawValue::from_string(text.into()).expect("json"),
+            )
+        };
+        let message = ChatMessage::parse(raw(
+            r#"{"role":"user","content":[{"type":"text","text":"hi"}],"name":"ann"}"#,
+        ))
+        .expect("valid");
+        let mut params = Params::new();
+        params.insert("temperature".into(), raw("0.30000000000000004"));
+        params.insert("seed".into(), raw("18446744073709551616"));
+        let body = serde_json::to_string(&RequestBody {
+            model: "up",
+            messages: &[message],
+            stream: true,
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
+            params: &params,
+        })
+        .expect("json");
+        assert_eq!(
+            body,
+            r#"{"model":"up","messages":[{"role":"user","content":[{"type":"text","text":"hi"}],"name":"ann"}],"stream":true,"stream_options":{"include_usage":true},"seed":18446744073709551616,"temperature":0.30000000000000004}"#
+        );
     }
 
     #[test]

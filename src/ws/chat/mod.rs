@@ -15,13 +15,14 @@ use actix_web::web::BytesMut;
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use tokio::sync::oneshot;
 
+use super::chat_frames::{self, ChatFrame};
 use super::protocol::{ClientFrame, ServerFrame};
 use super::transport::wire_len;
 use crate::actors::connections::{
     CloseConnection, Connections, RegisterConnection, UnregisterConnection,
 };
 use crate::actors::session_registry::{DetachSession, OpenSession, SessionOpened, SessionRegistry};
-use crate::chat::{CancelReason, ChatEvent, ChatPipeline, ChatRequest, HistorySource};
+use crate::chat::{CancelReason, ChatEvent, ChatPipeline};
 use crate::domain::{ChatId, SessionId, UserId};
 use crate::error::AppError;
 
@@ -130,9 +131,7 @@ impl WsConnection {
                     let _ = cancel.send(CancelReason::Client);
                 }
             }
-            Ok(ClientFrame::Chat { id, model, content }) => {
-                self.start_chat(id, model, content, ctx)
-            }
+            Ok(ClientFrame::Chat(chat)) => self.start_chat(chat, ctx),
             Err(err) => {
                 let frame =
                     ServerFrame::bad_request(err.id.as_ref().map(ChatId::as_str), &err.message);
@@ -141,13 +140,8 @@ impl WsConnection {
         }
     }
 
-    fn start_chat(
-        &mut self,
-        id: ChatId,
-        model: String,
-        content: String,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn start_chat(&mut self, chat: ChatFrame, ctx: &mut ws::WebsocketContext<Self>) {
+        let id = chat.id.clone();
         if self.closing.is_some() {
             let err = AppError::Unavailable("the connection is closing".into());
             return self.send(ctx, &ServerFrame::error(Some(id.as_str()), &err));
@@ -163,16 +157,9 @@ impl WsConnection {
             let err = AppError::Unavailable("the session is not open".into());
             return self.send(ctx, &ServerFrame::error(Some(id.as_str()), &err));
         };
-        let handle = self.pipeline.start(ChatRequest {
-            user: self.user.clone(),
-            model,
-            history: HistorySource::Session {
-                id: session,
-                content: Arc::from(content),
-            },
-            received: Instant::now(),
-            ends_at_shutdown: true,
-        });
+        let handle = self
+            .pipeline
+            .start(chat.into_request(self.user.clone(), session));
         let mut events = handle.events;
         let stream_id = id.clone();
         ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
@@ -197,19 +184,13 @@ impl WsConnection {
             ChatEvent::Delta(content) => {
                 return self.send(ctx, &ServerFrame::Delta { id, content })
             }
-            ChatEvent::Done {
-                usage,
-                latency_ms,
-                cancelled,
-            } => self.send(
-                ctx,
-                &ServerFrame::Done {
-                    id,
-                    usage: *usage,
-                    latency_ms: *latency_ms,
-                    cancelled: *cancelled,
-                },
-            ),
+            // No frame of their own: the whole calls come before `done`.
+            ChatEvent::ToolCallsDelta(_) | ChatEvent::Refusal(_) | ChatEvent::Logprobs(_) => return,
+            ChatEvent::Done { .. } => {
+                for frame in chat_frames::ending(id, &item.event) {
+                    self.send(ctx, &frame);
+                }
+            }
             ChatEvent::Error(err) => self.send(ctx, &ServerFrame::error(Some(id), err)),
         }
         self.running.remove(&item.id);
