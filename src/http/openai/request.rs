@@ -24,7 +24,7 @@ pub struct CompletionRequest {
     /// a `content` that is a string or an array of content parts (`text`, `image_url`,
     /// `input_audio`, `file`, …); `assistant` may carry `tool_calls` instead of content, `tool`
     /// needs a `tool_call_id`. Every message is passed upstream as given.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Object>, min_items = 1)]
     messages: Vec<RawJson>,
     /// OpenAI clients send `null` for "not streaming" as often as `false`.
     #[schema(nullable)]
