@@ -6,6 +6,7 @@ mod collector;
 mod dashboard;
 mod health;
 mod helpers;
+mod jwt_claims;
 mod loadtest;
 mod metrics;
 mod mock_upstream;
