@@ -1,6 +1,7 @@
 mod admin;
 mod auth;
 mod chat_ws;
+mod client_address;
 mod cli;
 mod collector;
 mod dashboard;
