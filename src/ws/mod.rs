@@ -4,5 +4,6 @@
 
 pub mod admin_feed;
 pub mod chat;
+pub mod origin;
 pub mod protocol;
 pub mod transport;

@@ -1,4 +1,5 @@
 mod admin;
+mod admin_feed_origin;
 mod auth;
 mod chat_ws;
 mod client_address;

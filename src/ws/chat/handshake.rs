@@ -10,12 +10,12 @@ use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::{ConnectionSettings, WsConnection, CHAT_MAX_BACKLOG_BYTES};
-use crate::actors::origins::CheckOrigin;
 use crate::actors::quota_keeper::EnsureUser;
 use crate::app_state::AppState;
 use crate::auth::authenticate;
 use crate::domain::{SessionId, UserId};
 use crate::error::{AppError, ErrorBody};
+use crate::ws::origin::check_origin;
 use crate::ws::transport::start_counted;
 
 #[derive(Deserialize)]
@@ -76,34 +76,6 @@ pub async fn handshake(
     let consumed = Arc::new(AtomicU64::new(0));
     let connection = WsConnection::new(identity.user, resume, &state, consumed.clone());
     start_counted(connection, &req, payload, max_frame_bytes, consumed)
-}
-
-/// Refuses a browser page whose origin may not open WebSockets here.
-async fn check_origin(req: &HttpRequest, state: &AppState, user: &UserId) -> Result<(), AppError> {
-    let origin = req
-        .headers()
-        .get(actix_web::http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let own_origin = {
-        let info = req.connection_info();
-        format!("{}://{}", info.scheme(), info.host())
-    };
-    let allowed = state
-        .origins
-        .send(CheckOrigin {
-            origin: origin.clone(),
-            own_origin,
-        })
-        .await
-        .map_err(|err| AppError::unavailable_mailbox("origins", err))?;
-    if allowed {
-        return Ok(());
-    }
-    log::info!("event=ws_origin_refused user={user} origin={origin:?}");
-    Err(AppError::Forbidden(
-        "this origin may not open WebSockets here".into(),
-    ))
 }
 
 /// The session to resume, from `?session_id=` (empty means none).
