@@ -88,7 +88,7 @@ pub(super) fn start_actors(
     let quota = QuotaKeeper::new(pool.clone(), limits.daily_quota).start();
     let metrics =
         MetricsAggregator::new(settings.telemetry.recent_requests, flusher.clone()).start();
-    let connections = Connections::default().start();
+    let connections = Connections::new(limits.user_max_connections).start();
     let sources = ReportSources {
         metrics: metrics.clone(),
         registry: registry.clone(),

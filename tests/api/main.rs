@@ -5,6 +5,7 @@ mod chat_ws;
 mod client_address;
 mod cli;
 mod collector;
+mod connection_cap;
 mod dashboard;
 mod health;
 mod helpers;
