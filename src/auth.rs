@@ -262,7 +262,10 @@ mod tests {
         let exp = unix_now_secs() + 60;
         let iss = "https://idp.test/";
         let cases = [
-            (serde_json::json!({"sub": "a", "exp": exp, "aud": "chatgate", "iss": iss}), None),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "aud": "chatgate", "iss": iss}),
+                None,
+            ),
             (
                 serde_json::json!({"sub": "a", "exp": exp, "aud": ["other", "chatgate"], "iss": iss}),
                 None,
@@ -289,7 +292,11 @@ mod tests {
             ),
         ];
         for (claims, expected) in cases {
-            assert_eq!(refusal(&keys, claims.clone()).as_deref(), expected, "{claims}");
+            assert_eq!(
+                refusal(&keys, claims.clone()).as_deref(),
+                expected,
+                "{claims}"
+            );
         }
     }
 

@@ -207,7 +207,9 @@ impl<C> ConnectionsState<C> {
     }
 
     pub fn all(&self) -> impl Iterator<Item = &C> {
-        self.open.values().filter_map(|slot| slot.connection.as_ref())
+        self.open
+            .values()
+            .filter_map(|slot| slot.connection.as_ref())
     }
 
     /// Running sockets.
@@ -409,7 +411,11 @@ mod tests {
         assert_eq!(state.open_of(&user("alice")), 2);
         state.unregister(a1);
         state.unregister(a1);
-        assert_eq!(state.open_of(&user("alice")), 1, "a repeated release frees one slot");
+        assert_eq!(
+            state.open_of(&user("alice")),
+            1,
+            "a repeated release frees one slot"
+        );
         assert_eq!(state.count(), 1);
     }
 

@@ -29,14 +29,21 @@ async fn admin_feed_refuses_origins_that_may_not_open_websockets() {
         open_feed(&app, &token, Some("https://evil.test")).await,
         Err(403)
     );
-    assert_eq!(open_feed(&app, &token, Some("https://app.test")).await, Ok(()));
+    assert_eq!(
+        open_feed(&app, &token, Some("https://app.test")).await,
+        Ok(())
+    );
     assert_eq!(
         open_feed(&app, &token, None).await,
         Ok(()),
         "no Origin: not a browser"
     );
     let own = format!("http://{}", app.addr);
-    assert_eq!(open_feed(&app, &token, Some(&own)).await, Ok(()), "own origin");
+    assert_eq!(
+        open_feed(&app, &token, Some(&own)).await,
+        Ok(()),
+        "own origin"
+    );
 
     // The rule follows a runtime change of the list.
     let resp = app

@@ -47,7 +47,10 @@ async fn clients_behind_a_trusted_proxy_get_separate_failure_buckets() {
     assert!(retry_after >= 1);
 
     // Whatever a client writes to the left is not believed: the proxy appended the real one.
-    assert_eq!(bad_attempt(&app, &format!("198.51.100.1, {a}")).await.0, 429);
+    assert_eq!(
+        bad_attempt(&app, &format!("198.51.100.1, {a}")).await.0,
+        429
+    );
 
     // Another client behind the same proxy still gets its own 401s.
     let b = "198.51.100.9";

@@ -124,7 +124,11 @@ async fn concurrent_handshakes_cannot_pass_the_cap_together() {
     let app = spawn_app_with(Backend::Sqlite, |s| s.limits.user_max_connections = 3).await;
     let attempts = join_all((0..12).map(|_| try_open(&app, "carol"))).await;
     let opened = attempts.iter().filter(|a| a.is_ok()).count();
-    let refused: Vec<u16> = attempts.iter().filter_map(|a| a.as_ref().err()).copied().collect();
+    let refused: Vec<u16> = attempts
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .copied()
+        .collect();
     assert_eq!(opened, 3, "refusals: {refused:?}");
     assert!(refused.iter().all(|s| *s == 429), "{refused:?}");
 }

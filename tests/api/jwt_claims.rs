@@ -57,12 +57,24 @@ async fn configured_audience_and_issuer_are_required_and_must_match() {
     let exp = now() + 600;
     let iss = "https://idp.example/";
     let cases = [
-        (json!({"sub": "alice", "exp": exp, "aud": "chatgate", "iss": iss}), 200),
-        (json!({"sub": "alice", "exp": exp, "aud": ["x", "chatgate"], "iss": iss}), 200),
+        (
+            json!({"sub": "alice", "exp": exp, "aud": "chatgate", "iss": iss}),
+            200,
+        ),
+        (
+            json!({"sub": "alice", "exp": exp, "aud": ["x", "chatgate"], "iss": iss}),
+            200,
+        ),
         (json!({"sub": "alice", "exp": exp, "iss": iss}), 401),
-        (json!({"sub": "alice", "exp": exp, "aud": "other", "iss": iss}), 401),
+        (
+            json!({"sub": "alice", "exp": exp, "aud": "other", "iss": iss}),
+            401,
+        ),
         (json!({"sub": "alice", "exp": exp, "aud": "chatgate"}), 401),
-        (json!({"sub": "alice", "exp": exp, "aud": "chatgate", "iss": "https://evil/"}), 401),
+        (
+            json!({"sub": "alice", "exp": exp, "aud": "chatgate", "iss": "https://evil/"}),
+            401,
+        ),
     ];
     for (claims, expected) in cases {
         let (status, body) = app.get("/v1/models", Some(&sign(claims.clone()))).await;
