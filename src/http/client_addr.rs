@@ -156,7 +156,7 @@ mod tests {
     }
 
     fn any_ipv4() -> impl Strategy<Value = IpAddr> {
-        any::<[u8; 4]>().prop_map(|o| IpAddr::from(o))
+        any::<[u8; 4]>().prop_map(IpAddr::from)
     }
 
     fn entry() -> impl Strategy<Value = String> {
