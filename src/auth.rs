@@ -44,13 +44,39 @@ pub struct JwtKeys {
     validation: Validation,
 }
 
+/// Seconds a token's `nbf` may lie ahead of our clock: an identity provider whose clock runs
+/// a moment ahead must not see its fresh tokens refused. `exp` gets no such grace.
+pub const NBF_LEEWAY_SECS: u64 = 5;
+
 impl JwtKeys {
+    /// Keys that accept any `aud` and `iss`.
     pub fn new(secret: &[u8]) -> JwtKeys {
+        JwtKeys::expecting(secret, None, None)
+    }
+
+    /// Keys that, for each of `audience` and `issuer` that is set (and not empty), accept only
+    /// tokens carrying it; when unset, that claim is ignored whatever it holds.
+    pub fn expecting(secret: &[u8], audience: Option<&str>, issuer: Option<&str>) -> JwtKeys {
+        let audience = audience.filter(|a| !a.is_empty());
+        let issuer = issuer.filter(|i| !i.is_empty());
         let mut validation = Validation::new(Algorithm::HS256);
-        // Expiry is honoured to the second: the tokens come from the operator's own backend,
-        // which shares our clock closely enough that a grace minute would only hide bugs.
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        // Expiry is honoured to the second: the library subtracts the leeway from `now` and
+        // the same amount from `exp`, which cancels out, while `nbf` keeps the leeway.
+        validation.leeway = NBF_LEEWAY_SECS;
+        validation.reject_tokens_expiring_in_less_than = NBF_LEEWAY_SECS;
+        validation.validate_nbf = true;
+        // Unchecked, the library refuses every token that carries an `aud` at all.
+        validation.validate_aud = audience.is_some();
+        if let Some(audience) = audience {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        if let Some(issuer) = issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         JwtKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -73,11 +99,17 @@ impl JwtKeys {
             .map_err(|err| {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match err.kind() {
-                    ErrorKind::ExpiredSignature => "token expired",
-                    ErrorKind::InvalidSignature => "token signature does not match",
-                    _ => "token is malformed or missing required claims",
+                    ErrorKind::ExpiredSignature => "token expired".to_string(),
+                    ErrorKind::ImmatureSignature => "token not valid yet (nbf)".to_string(),
+                    ErrorKind::InvalidSignature => "token signature does not match".to_string(),
+                    ErrorKind::InvalidAudience => "token audience (aud) does not match".to_string(),
+                    ErrorKind::InvalidIssuer => "token issuer (iss) does not match".to_string(),
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        format!("token lacks the required claim `{claim}`")
+                    }
+                    _ => "token is malformed or missing required claims".to_string(),
                 };
-                AppError::Unauthorized(why.to_string())
+                AppError::Unauthorized(why)
             })?;
         let user = UserId::parse(&data.claims.sub)
             .map_err(|err| AppError::Unauthorized(format!("token claim sub: {err}")))?;
@@ -198,6 +230,103 @@ mod tests {
             .expect("encode");
         let err = keys.verify(&expired).map(|_| ()).unwrap_err();
         assert_eq!(err.to_string(), "token expired");
+    }
+
+    fn sign(keys: &JwtKeys, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding)
+            .expect("encode")
+    }
+
+    fn refusal(keys: &JwtKeys, claims: serde_json::Value) -> Option<String> {
+        keys.verify(&sign(keys, claims))
+            .err()
+            .map(|err| err.to_string())
+    }
+
+    #[test]
+    fn aud_iss_iat_and_unknown_claims_are_ignored_when_not_configured() {
+        let keys = JwtKeys::new(SECRET);
+        let exp = unix_now_secs() + 60;
+        for claims in [
+            serde_json::json!({"sub": "alice", "exp": exp, "aud": "some-api"}),
+            serde_json::json!({"sub": "alice", "exp": exp, "aud": ["a", "b"], "iss": "idp"}),
+            serde_json::json!({"sub": "alice", "exp": exp, "iat": exp + 999, "scope": "x y"}),
+        ] {
+            assert_eq!(refusal(&keys, claims.clone()), None, "{claims}");
+        }
+    }
+
+    #[test]
+    fn configured_audience_and_issuer_must_match() {
+        let keys = JwtKeys::expecting(SECRET, Some("chatgate"), Some("https://idp.test/"));
+        let exp = unix_now_secs() + 60;
+        let iss = "https://idp.test/";
+        let cases = [
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "aud": "chatgate", "iss": iss}),
+                None,
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "aud": ["other", "chatgate"], "iss": iss}),
+                None,
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "iss": iss}),
+                Some("token lacks the required claim `aud`"),
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "aud": "other", "iss": iss}),
+                Some("token audience (aud) does not match"),
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "aud": ["x", "y"], "iss": iss}),
+                Some("token audience (aud) does not match"),
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "aud": "chatgate"}),
+                Some("token lacks the required claim `iss`"),
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "aud": "chatgate", "iss": "evil"}),
+                Some("token issuer (iss) does not match"),
+            ),
+        ];
+        for (claims, expected) in cases {
+            assert_eq!(
+                refusal(&keys, claims.clone()).as_deref(),
+                expected,
+                "{claims}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_audience_and_issuer_settings_are_ignored() {
+        let keys = JwtKeys::expecting(SECRET, Some(""), Some(""));
+        let claims = serde_json::json!({"sub": "a", "exp": unix_now_secs() + 60, "aud": "x"});
+        assert_eq!(refusal(&keys, claims), None);
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused_beyond_a_small_leeway() {
+        let keys = JwtKeys::new(SECRET);
+        let now = unix_now_secs();
+        let claims = |nbf: u64| serde_json::json!({"sub": "a", "exp": now + 600, "nbf": nbf});
+        assert_eq!(refusal(&keys, claims(now)), None);
+        assert_eq!(refusal(&keys, claims(now + 2)), None, "within the leeway");
+        assert_eq!(
+            refusal(&keys, claims(now + NBF_LEEWAY_SECS + 60)).as_deref(),
+            Some("token not valid yet (nbf)")
+        );
+        let garbage = serde_json::json!({"sub": "a", "exp": now + 600, "nbf": "soon"});
+        assert!(refusal(&keys, garbage).is_some());
+    }
+
+    #[test]
+    fn expiry_has_no_leeway() {
+        let keys = JwtKeys::new(SECRET);
+        let claims = serde_json::json!({"sub": "a", "exp": unix_now_secs() - 2});
+        assert_eq!(refusal(&keys, claims).as_deref(), Some("token expired"));
     }
 
     #[test]

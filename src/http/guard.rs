@@ -14,6 +14,7 @@ use crate::actors::rate_limiter::{Admission, Check, RateLimiter};
 pub use crate::app_state::GuardLimiters;
 use crate::auth::{token_from_request, JwtKeys, Role};
 use crate::error::AppError;
+use crate::http::client_addr::client_label;
 
 /// Whether the request goes to a route under the admin limit. Decided on the route the router
 /// will pick: its pattern, looked up with the percent-decoded path the router matches on, so
@@ -75,18 +76,15 @@ pub async fn guard(
         Err(_) => {
             // Only failures count, so a client with a valid token is never held back by
             // someone else's guessing from the same address (e.g. behind one proxy).
-            let peer = req
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_else(|| "unknown".into());
+            let client = client_label(req.request());
             if let Admission::Limited { retry_after } = check(
                 &limiters.auth_failures,
-                Arc::from(peer.as_str()),
+                Arc::from(client.as_str()),
                 "auth_failure_limiter",
             )
             .await?
             {
-                log::warn!("event=auth_failures_limited peer={peer}");
+                log::warn!("event=auth_failures_limited client={client}");
                 return Err(AppError::RateLimited {
                     message: "too many failed authentication attempts from this address".into(),
                     retry_after,

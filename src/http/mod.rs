@@ -6,6 +6,7 @@ pub mod admin_origins;
 pub mod admin_sessions;
 pub mod admin_usage;
 pub mod admin_users;
+pub mod client_addr;
 pub mod dashboard;
 pub mod guard;
 pub mod health;

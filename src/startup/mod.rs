@@ -96,7 +96,11 @@ impl Application {
             .jwt_secret
             .as_ref()
             .context("no JWT secret configured")?;
-        let jwt = JwtKeys::new(secret.expose().as_bytes());
+        let jwt = JwtKeys::expecting(
+            secret.expose().as_bytes(),
+            settings.auth.jwt_audience.as_deref(),
+            settings.auth.jwt_issuer.as_deref(),
+        );
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = web::Data::new(start_actors(

@@ -10,6 +10,7 @@ use crate::app_state::AppState;
 use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::error::AppError;
+use crate::http::client_addr::{client_label, TrustedProxies};
 use crate::http::{self, guard};
 
 pub(super) fn build_server(
@@ -20,6 +21,7 @@ pub(super) fn build_server(
 ) -> anyhow::Result<Server> {
     let jwt = web::Data::new(jwt);
     let guard = web::Data::new(state.guard.clone());
+    let trusted_proxies = web::Data::new(TrustedProxies::new(&settings.server.trusted_proxies));
     let max_body = settings.server.max_frame_bytes;
     let shutdown_secs = settings.server.shutdown_timeout_secs;
     let server = HttpServer::new(move || {
@@ -29,9 +31,12 @@ pub(super) fn build_server(
             .wrap(
                 // Path only: query strings carry tokens, and headers carry secrets.
                 // An upgraded (101) request's time is the WebSocket's lifetime, not latency.
+                // `client` is the address per-address limits count (see `client_addr`).
                 middleware::Logger::new(
-                    "event=http remote=%a method=%{METHOD}xi path=%U status=%s bytes=%b %{MS}xo=%D",
+                    "event=http client=%{CLIENT}xi peer=%a method=%{METHOD}xi path=%U \
+                     status=%s bytes=%b %{MS}xo=%D",
                 )
+                .custom_request_replace("CLIENT", |req| client_label(req.request()))
                 .custom_request_replace("METHOD", |req| req.method().to_string())
                 .custom_response_replace("MS", |res| {
                     let upgraded = res.status() == actix_web::http::StatusCode::SWITCHING_PROTOCOLS;
@@ -42,6 +47,7 @@ pub(super) fn build_server(
             .app_data(state.clone())
             .app_data(jwt.clone())
             .app_data(guard.clone())
+            .app_data(trusted_proxies.clone())
             .app_data(json_config(max_body))
             .app_data(web::PayloadConfig::new(max_body))
             .app_data(query_config())

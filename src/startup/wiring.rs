@@ -24,9 +24,7 @@ use crate::config::Settings;
 use crate::db::{retry::Backoff, DbPool};
 use crate::providers::ModelCatalog;
 
-/// Failed token verifications allowed per client address per window: plenty for a client
-/// with an expired token to notice, far too few to guess a token.
-const AUTH_FAILURES_PER_WINDOW: u32 = 30;
+/// The window of `limits.auth_failure_limit`, per the setting's definition (per minute).
 const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Usage-history answers kept, and for how long: enough for dashboards refreshing together,
@@ -81,7 +79,7 @@ pub(super) fn start_actors(
         .start(),
         auth_failures: RateLimiter::new(
             "auth_failures",
-            AUTH_FAILURES_PER_WINDOW,
+            limits.auth_failure_limit,
             AUTH_FAILURE_WINDOW,
             AUTH_FAILURE_WINDOW,
         )
@@ -90,7 +88,7 @@ pub(super) fn start_actors(
     let quota = QuotaKeeper::new(pool.clone(), limits.daily_quota).start();
     let metrics =
         MetricsAggregator::new(settings.telemetry.recent_requests, flusher.clone()).start();
-    let connections = Connections::default().start();
+    let connections = Connections::new(limits.user_max_connections).start();
     let sources = ReportSources {
         metrics: metrics.clone(),
         registry: registry.clone(),

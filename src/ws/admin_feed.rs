@@ -10,6 +10,7 @@ use actix::prelude::*;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 
+use super::origin::check_origin;
 use super::protocol::{ClientFrame, ServerFrame};
 use super::transport::{start_counted, wire_len, SocketShutdown};
 use crate::actors::connections::CloseConnection;
@@ -162,9 +163,9 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for AdminFeedConnection {
 #[utoipa::path(
     tag = "admin",
     description = "The live metrics feed: each second one text frame, the `/admin/metrics` \
-        object with `\"type\":\"metrics\"` added. Authenticated before the upgrade; the \
-        token may be the `token` query parameter, since browsers cannot set headers on a \
-        WebSocket handshake.",
+        object with `\"type\":\"metrics\"` added. Authenticated and origin-checked (the \
+        rules of `/ws`) before the upgrade; the token may be the `token` query parameter, \
+        since browsers cannot set headers on a WebSocket handshake.",
     security(("token_query" = []), ("bearer_jwt" = [])),
     responses(
         (status = 101, description = "Switching Protocols: the feed is open"),
@@ -184,6 +185,7 @@ pub async fn admin_feed_handshake(
             "the metrics feed needs a token with role admin".into(),
         ));
     }
+    check_origin(&req, &state, &identity.user).await?;
     let settings = &state.settings;
     let consumed = Arc::new(AtomicU64::new(0));
     let feed = state.feed.clone();

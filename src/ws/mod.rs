@@ -5,5 +5,6 @@
 pub mod admin_feed;
 pub mod chat;
 pub mod chat_frames;
+pub mod origin;
 pub mod protocol;
 pub mod transport;

@@ -17,6 +17,8 @@ async fn spawn_roomy_app() -> TestApp {
         s.limits.daily_quota = 1_000_000;
         // The test polls /metrics until the counter settles.
         s.limits.admin_rate_limit = 1_000_000;
+        // One minted user holds all of a run's sockets unless `--users` spreads them.
+        s.limits.user_max_connections = 1_000_000;
     })
     .await
 }

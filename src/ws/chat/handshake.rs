@@ -10,12 +10,13 @@ use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::{ConnectionSettings, WsConnection, CHAT_MAX_BACKLOG_BYTES};
-use crate::actors::origins::CheckOrigin;
+use crate::actors::connections::Reservation;
 use crate::actors::quota_keeper::EnsureUser;
 use crate::app_state::AppState;
 use crate::auth::authenticate;
 use crate::domain::{SessionId, UserId};
 use crate::error::{AppError, ErrorBody};
+use crate::ws::origin::check_origin;
 use crate::ws::transport::start_counted;
 
 #[derive(Deserialize)]
@@ -45,8 +46,9 @@ struct HandshakeQuery {
             body = ErrorBody),
         (status = 403, description = "`forbidden`: the `Origin` is not allowed, or the user is \
             disabled", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed token attempts from this \
-            address", body = ErrorBody,
+        (status = 429, description = "`rate_limited`: this user already has \
+            `CHATGATE_USER_MAX_CONNECTIONS` open WebSockets, or too many failed token attempts \
+            came from this address", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait, at least 1"))),
         (status = 500, description = "`internal`: the server log has the details", body = ErrorBody),
         (status = 503, description = "`unavailable`: shutting down, or the database or an \
@@ -72,38 +74,41 @@ pub async fn handshake(
     if user_row.disabled {
         return Err(AppError::Forbidden("this user is disabled".into()));
     }
+    // Held from here, so an error below (or the client leaving) frees the slot again.
+    let reservation = reserve_slot(&state, &identity.user).await?;
     let max_frame_bytes = state.settings.server.max_frame_bytes;
     let consumed = Arc::new(AtomicU64::new(0));
-    let connection = WsConnection::new(identity.user, resume, &state, consumed.clone());
-    start_counted(connection, &req, payload, max_frame_bytes, consumed)
+    let connection = WsConnection::new(
+        reservation.conn_id(),
+        identity.user,
+        resume,
+        &state,
+        consumed.clone(),
+    );
+    let response = start_counted(connection, &req, payload, max_frame_bytes, consumed)?;
+    reservation.hand_over();
+    Ok(response)
 }
 
-/// Refuses a browser page whose origin may not open WebSockets here.
-async fn check_origin(req: &HttpRequest, state: &AppState, user: &UserId) -> Result<(), AppError> {
-    let origin = req
-        .headers()
-        .get(actix_web::http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let own_origin = {
-        let info = req.connection_info();
-        format!("{}://{}", info.scheme(), info.host())
-    };
-    let allowed = state
-        .origins
-        .send(CheckOrigin {
-            origin: origin.clone(),
-            own_origin,
-        })
+/// How long a user at the connection cap is told to wait: a closed socket frees its slot at
+/// once, one that vanished without a close within the client timeout plus a heartbeat.
+const CONNECTION_CAP_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// A slot under the user's connection cap (`CHATGATE_USER_MAX_CONNECTIONS`), or 429.
+async fn reserve_slot(state: &AppState, user: &UserId) -> Result<Reservation, AppError> {
+    let reservation = Reservation::take(&state.connections, user.clone())
         .await
-        .map_err(|err| AppError::unavailable_mailbox("origins", err))?;
-    if allowed {
-        return Ok(());
-    }
-    log::info!("event=ws_origin_refused user={user} origin={origin:?}");
-    Err(AppError::Forbidden(
-        "this origin may not open WebSockets here".into(),
-    ))
+        .map_err(|err| AppError::unavailable_mailbox("connections", err))?;
+    reservation.ok_or_else(|| {
+        log::info!("event=ws_connection_cap user={user}");
+        AppError::RateLimited {
+            message: format!(
+                "this user already has {} open WebSockets; close one first",
+                state.settings.limits.user_max_connections
+            ),
+            retry_after: CONNECTION_CAP_RETRY_AFTER,
+        }
+    })
 }
 
 /// The session to resume, from `?session_id=` (empty means none).
@@ -120,6 +125,7 @@ fn resume_of(req: &HttpRequest) -> Result<Option<SessionId>, AppError> {
 
 impl WsConnection {
     fn new(
+        conn_id: u64,
         user: UserId,
         resume: Option<SessionId>,
         state: &AppState,
@@ -127,7 +133,7 @@ impl WsConnection {
     ) -> WsConnection {
         let settings = &state.settings;
         WsConnection {
-            conn_id: rand::random(),
+            conn_id,
             user,
             resume,
             session: None,
