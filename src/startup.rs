@@ -15,7 +15,7 @@ use crate::actors::collector::{Collector, DbCollectorStore};
 use crate::actors::db_flusher::{DbBatchWriter, DbFlusher, FlusherSettings, Shutdown};
 use crate::actors::history_cache::HistoryCache;
 use crate::actors::metrics::{GetMetricsSnapshot, MetricsAggregator};
-use crate::actors::quota_keeper::QuotaKeeper;
+use crate::actors::quota_leases::{QuotaLeases, ReleaseAll};
 use crate::actors::rate_limiter::RateLimiter;
 use crate::actors::session_registry::{HistoryLimits, SessionRegistry};
 use crate::actors::ws_hub::{CloseAllConnections, FeedSettings, GetHubStats, WsHub};
@@ -38,7 +38,7 @@ pub struct AppState {
     pub pipeline: Arc<ChatPipeline>,
     pub registry: Addr<SessionRegistry>,
     pub hub: Addr<WsHub>,
-    pub quota: Addr<QuotaKeeper>,
+    pub quota: Addr<QuotaLeases>,
     pub flusher: Addr<DbFlusher>,
     pub metrics: Addr<MetricsAggregator>,
     pub user_limiter: Addr<RateLimiter>,
@@ -113,7 +113,12 @@ fn start_actors(
         )
         .start(),
     };
-    let quota = QuotaKeeper::new(pool.clone(), limits.daily_quota).start();
+    let quota = QuotaLeases::new(
+        pool.clone(),
+        limits.daily_quota,
+        Duration::from_millis(timers.flush_interval_ms),
+    )
+    .start();
     let metrics =
         MetricsAggregator::new(settings.telemetry.recent_requests, flusher.clone()).start();
     let sources = ReportSources {
@@ -386,6 +391,10 @@ async fn shutdown(state: &AppState, handle: ServerHandle, deadline: Duration) {
     let flush_left = until
         .saturating_duration_since(tokio::time::Instant::now())
         .max(Duration::from_millis(100));
+    // Alongside the final flush: settle consumed quota units and hand free ones back, so
+    // other instances may use them.
+    let quota_release = tokio::time::timeout(flush_left, state.quota.send(ReleaseAll));
+    let quota_release = actix_web::rt::spawn(quota_release);
     match tokio::time::timeout(flush_left, state.flusher.send(Shutdown)).await {
         Ok(Ok(Ok(()))) => log::info!(
             "event=shutdown_flushed elapsed_ms={}",
@@ -394,6 +403,13 @@ async fn shutdown(state: &AppState, handle: ServerHandle, deadline: Duration) {
         Ok(Ok(Err(err))) => log::error!("event=shutdown_flush_failed error={err}"),
         Ok(Err(err)) => log::error!("event=shutdown_flush_failed error={err}"),
         Err(_) => log::warn!("event=shutdown_deadline_passed what=final_flush"),
+    }
+    match quota_release.await {
+        Ok(Ok(Ok(Ok(())))) => log::info!("event=shutdown_quota_released"),
+        Ok(Ok(Ok(Err(err)))) => log::warn!("event=shutdown_quota_release_failed error={err}"),
+        Ok(Ok(Err(err))) => log::warn!("event=shutdown_quota_release_failed error={err}"),
+        Ok(Err(_)) => log::warn!("event=shutdown_deadline_passed what=quota_release"),
+        Err(err) => log::warn!("event=shutdown_quota_release_failed error={err}"),
     }
 }
 

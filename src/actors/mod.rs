@@ -4,7 +4,7 @@ pub mod collector;
 pub mod db_flusher;
 pub mod history_cache;
 pub mod metrics;
-pub mod quota_keeper;
+pub mod quota_leases;
 pub mod rate_limiter;
 pub mod session_registry;
 pub mod ws_hub;

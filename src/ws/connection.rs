@@ -16,7 +16,6 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use crate::actors::quota_keeper::EnsureUser;
 use crate::actors::session_registry::{DetachSession, OpenSession, SessionRegistry};
 use crate::actors::ws_hub::{
     CheckOrigin, FeedDelivery, RegisterConnection, Subscribe, UnregisterConnection, Unsubscribe,
@@ -541,13 +540,18 @@ pub async fn handshake(
         }
         None => None,
     };
+    // Straight to the database, never queued behind chats waiting for quota.
+    let user = identity.user.clone();
     let user_row = state
-        .quota
-        .send(EnsureUser {
-            user: identity.user.clone(),
+        .db
+        .run(move |conn| {
+            crate::db::queries::users::ensure_user(
+                conn,
+                user.as_str(),
+                crate::db::queries::now_ms(),
+            )
         })
-        .await
-        .map_err(|err| AppError::unavailable_mailbox("quota_keeper", err))??;
+        .await?;
     if user_row.disabled {
         return Err(AppError::Forbidden("this user is disabled".into()));
     }
