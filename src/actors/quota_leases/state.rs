@@ -100,13 +100,14 @@ impl<W> Block<W> {
     }
 
     /// Units a reservation asks for: enough for about two settle intervals at the user's
-    /// rate plus everyone waiting, but near the limit only a small share of what is left, so
-    /// other instances serving the same user are not starved.
+    /// rate, but near the limit only a small share of what is left, so other instances
+    /// serving the same user are not starved; at least one per waiting chat.
     fn block_size(&self, max_block: i64) -> i64 {
         let by_rate = (self.rate * 2.0).ceil() as i64;
-        let wanted = by_rate.max(self.waiters.len() as i64).clamp(1, max_block);
         let left = self.limit.saturating_sub(self.taken_by_all);
-        wanted.min((left / NEAR_LIMIT_SHARE).max(1))
+        let ahead = by_rate.min(left / NEAR_LIMIT_SHARE).max(1);
+        // Chats already waiting are demand, not a forecast: all of them are asked for.
+        ahead.max(self.waiters.len() as i64).min(max_block)
     }
 }
 
@@ -439,3 +440,7 @@ fn unavailable(cause: &str) -> AppError {
         "the quota cannot be checked right now ({cause}); try again shortly"
     ))
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
