@@ -13,6 +13,7 @@ mod openai_api;
 mod openai_upstream;
 mod openapi;
 mod process;
+mod quota_leasing;
 mod quota_primitive;
 mod shutdown;
 mod tcp_proxy;
