@@ -131,6 +131,8 @@ pub struct LeaseBook<W> {
     settings: LeaseSettings,
     blocks: HashMap<(UserId, QuotaDay), Block<W>>,
     waiting: usize,
+    /// Some block wants a reservation: kept so the per-chat check is not a scan.
+    top_up_wanted: bool,
     seq: i64,
     writing: bool,
     /// Set after a failed write: when the database may be tried again.
@@ -144,6 +146,7 @@ impl<W> LeaseBook<W> {
             settings,
             blocks: HashMap::new(),
             waiting: 0,
+            top_up_wanted: false,
             seq: 0,
             writing: false,
             down_until_ms: None,
@@ -164,6 +167,7 @@ impl<W> LeaseBook<W> {
             let low_water = block.rate.ceil() as i64;
             if block.free() <= low_water && !block.exhausted {
                 block.top_up = true;
+                self.top_up_wanted = true;
             }
             return Admission::Taken;
         }
@@ -189,6 +193,7 @@ impl<W> LeaseBook<W> {
             .or_insert_with(|| Block::new(now_ms));
         block.waiters.push(waiter);
         block.top_up = true;
+        self.top_up_wanted = true;
         self.waiting += 1;
     }
 
@@ -207,15 +212,14 @@ impl<W> LeaseBook<W> {
     /// Whether a write should start now rather than at the next settle tick: chats wait for
     /// a reservation or a block runs low.
     pub fn wants_write_now(&self) -> bool {
-        !self.writing
-            && !self.known_down()
-            && self.blocks.values().any(|b| b.top_up && !b.in_flight)
+        !self.writing && !self.known_down() && self.top_up_wanted
     }
 
     /// Ends every waiting chat with `unavailable` and releases all free units at the next
     /// write; later admissions need a reservation and are refused.
     pub fn shut_down(&mut self) -> Vec<(W, Result<QuotaTake, AppError>)> {
         self.shutting_down = true;
+        self.top_up_wanted = false;
         let mut answers = Vec::new();
         for block in self.blocks.values_mut() {
             block.top_up = false;
@@ -256,7 +260,7 @@ impl<W> LeaseBook<W> {
             // Blocks of days before yesterday have no chat left that could give a unit
             // back; once settled they are forgotten.
             let stale = day.next() < today;
-            !(stale && !block.dirty() && !block.in_flight && block.waiters.is_empty())
+            !stale || block.dirty() || block.in_flight || !block.waiters.is_empty()
         });
         for ((user, day), block) in &mut self.blocks {
             if settle {
@@ -292,6 +296,8 @@ impl<W> LeaseBook<W> {
             });
             batch.keys.push((user.clone(), *day));
         }
+        // Every wanted reservation is in this batch.
+        self.top_up_wanted = false;
         if batch.writes.is_empty() && !probing {
             return None;
         }
@@ -328,11 +334,13 @@ impl<W> LeaseBook<W> {
                 for ((key, write), state) in batch.keys.iter().zip(&batch.writes).zip(states) {
                     if let Some(block) = self.blocks.get_mut(key) {
                         self.waiting -= block.apply(write, &state, &mut answers);
+                        self.top_up_wanted |= block.top_up;
                     }
                 }
             }
             Err(cause) => {
                 self.down_until_ms = Some(now_ms + self.settings.probe_after_ms);
+                self.top_up_wanted = false;
                 for key in &batch.keys {
                     if let Some(block) = self.blocks.get_mut(key) {
                         block.in_flight = false;

@@ -5,6 +5,11 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// (holder, user, day)
+type LeaseKey = (u32, String, String);
+/// (seq, granted, used, released)
+type LeaseTotals = (i64, i64, i64, i64);
+
 /// The database side of leases, in memory, with the semantics of `apply_lease_write`.
 #[derive(Default)]
 struct FakeDb {
@@ -12,8 +17,7 @@ struct FakeDb {
     disabled: bool,
     used: i64,
     reserved: i64,
-    /// (holder, user, day) → (seq, granted, used, released)
-    leases: HashMap<(u32, String, String), (i64, i64, i64, i64)>,
+    leases: HashMap<LeaseKey, LeaseTotals>,
 }
 
 impl FakeDb {
