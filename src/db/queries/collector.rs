@@ -733,7 +733,7 @@ mod tests {
         .expect("insert");
         conn.batch_execute(
             "INSERT INTO users (id, created_at) VALUES ('u', 0); \
-             INSERT INTO quota_usage VALUES ('u', '2026-01-01', 1), ('u', '2026-01-02', 1), \
+             INSERT INTO quota_usage (user_id, day, used) VALUES ('u', '2026-01-01', 1), ('u', '2026-01-02', 1), \
              ('u', '2026-02-10', 1);",
         )
         .expect("seed quota");
