@@ -29,6 +29,7 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 WORK=$(mktemp -d)
+SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -53,9 +54,9 @@ wait_port() {
     sleep 0.05
   done
   echo "nothing listens on port $1" >&2
-  exit 1
+  return 1
 }
-wait_port "$MOCK_PORT"
+wait_port "$MOCK_PORT" || { cat "$WORK/nginx_error.log" >&2; exit 1; }
 
 body() { # stream? → file
   local file=$WORK/body_$1.json
@@ -91,13 +92,13 @@ start_gate() { # database_url
   printf '[[models]]\nname = "mock"\nprovider = "openai"\nbase_url = "http://127.0.0.1:%s/sse/v1"\nmax_attempts = 1\n' \
     "$MOCK_PORT" >"$WORK/gate.toml"
   CHATGATE_CONFIG=$WORK/gate.toml CHATGATE_BIND=127.0.0.1:$GATE_PORT DATABASE_URL=$1 \
-    CHATGATE_JWT_SECRET=bench-secret-bench-secret-bench-secret-0123 \
+    CHATGATE_JWT_SECRET=$SECRET \
     CHATGATE_USER_RATE_LIMIT=1000000000 CHATGATE_DAILY_QUOTA=1000000000 RUST_LOG=warn \
     "$GATE" serve >"$WORK/gate.log" 2>&1 &
   GATE_PID=$!
   PIDS+=($GATE_PID)
-  wait_port "$GATE_PORT"
-  TOKEN=$(CHATGATE_JWT_SECRET=bench-secret-bench-secret-bench-secret-0123 "$GATE" token --sub bench-user)
+  wait_port "$GATE_PORT" || { cat "$WORK/gate.log" >&2; exit 1; }
+  TOKEN=$(CHATGATE_JWT_SECRET=$SECRET "$GATE" token --sub bench-user)
 }
 
 stop_gate() {

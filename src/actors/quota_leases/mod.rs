@@ -48,9 +48,9 @@ pub struct SettleNow;
 #[rtype(result = "Result<(), AppError>")]
 pub struct ReleaseAll;
 
-/// The largest block one reservation asks for: enough for a busy user's next two flush
-/// intervals on one instance, small enough that little sits idle when they stop.
-const MAX_BLOCK: i64 = 64;
+/// The most units one reservation asks for: a busy user's block is refilled ahead of need
+/// with few writes, and little sits idle when they stop (idle blocks go back anyway).
+const MAX_BLOCK: i64 = 256;
 /// Chats waiting for a reservation, all users together; more get `unavailable` at once.
 const MAX_WAITERS: usize = 10_000;
 /// How long after a failed write the database is tried again; meanwhile chats that need a
@@ -228,7 +228,10 @@ impl Actor for QuotaLeases {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(65_536);
-        ctx.run_interval(self.settle_every, |act, ctx| act.write(true, ctx));
+        ctx.run_interval(self.settle_every, |act, ctx| {
+            act.book.tick();
+            act.write(true, ctx);
+        });
         log::info!("event=actor_started actor=quota_leases");
     }
 }

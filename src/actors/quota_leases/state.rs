@@ -209,6 +209,15 @@ impl<W> LeaseBook<W> {
         }
     }
 
+    /// Once per settle interval, whether or not a write is in flight: each block's rate is
+    /// what sizes its next reservation.
+    pub fn tick(&mut self) {
+        for block in self.blocks.values_mut() {
+            block.rate = (block.rate + f64::from(block.admits_since_settle)) / 2.0;
+            block.admits_since_settle = 0;
+        }
+    }
+
     /// Whether a write should start now rather than at the next settle tick: chats wait for
     /// a reservation or a block runs low.
     pub fn wants_write_now(&self) -> bool {
@@ -263,10 +272,6 @@ impl<W> LeaseBook<W> {
             !stale || block.dirty() || block.in_flight || !block.waiters.is_empty()
         });
         for ((user, day), block) in &mut self.blocks {
-            if settle {
-                block.rate = (block.rate + f64::from(block.admits_since_settle)) / 2.0;
-                block.admits_since_settle = 0;
-            }
             let idle = now_ms.saturating_sub(block.last_admit_ms) >= settings.idle_after_ms;
             let over = block.disabled || block.taken_by_all > block.limit;
             if (self.shutting_down || *day != today || idle || over) && block.free() > 0 {

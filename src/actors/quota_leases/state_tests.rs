@@ -85,6 +85,7 @@ type Answers = Vec<(u32, Result<QuotaTake, AppError>)>;
 
 /// Runs one batch of `book` against `db` if one is due.
 fn round(book: &mut LeaseBook<u32>, db: &mut FakeDb, today: QuotaDay, now: u64) -> Answers {
+    book.tick();
     match book.next_batch(today, now, true) {
         Some(batch) => {
             let states = db.write(1, &batch);
@@ -327,6 +328,9 @@ proptest! {
                 }
                 Op::Write { instance, settle, fail, lose_answer } => {
                     let i = usize::from(instance);
+                    if settle {
+                        books[i].tick();
+                    }
                     if let Some(batch) = books[i].next_batch(d, now, settle) {
                         let result = if fail {
                             Err("down".to_string())
