@@ -133,7 +133,7 @@ for backend in "${BACKENDS[@]}"; do
       awk -v db="$backend" -v mode="$mode" -v c="$conns" -v m50="$m50" -v m99="$m99" -v g50="$g50" \
         -v g99="$g99" -v mrps="$mrps" -v grps="$grps" -v err="$((merr + gerr))" 'BEGIN {
           note = err > 0 ? sprintf(" (%d errors)", err) : ""
-          printf "| %s | %s | %d | %.2f / %.2f | %.2f / %.2f | **+%.2f / +%.2f** | %.0f | %.0f | %.3f%s |\n",
+          printf "| %s | %s | %d | %.2f / %.2f | %.2f / %.2f | **%+.2f / %+.2f** | %.0f | %.0f | %.3f%s |\n",
             db, mode, c, m50/1000, m99/1000, g50/1000, g99/1000, (g50-m50)/1000, (g99-m99)/1000,
             mrps, grps, grps/mrps, note }'
     done
