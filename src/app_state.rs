@@ -14,7 +14,7 @@ use crate::actors::history_cache::HistoryCache;
 use crate::actors::live_feed::LiveFeed;
 use crate::actors::metrics::MetricsAggregator;
 use crate::actors::origins::Origins;
-use crate::actors::quota_keeper::QuotaKeeper;
+use crate::actors::quota_leases::QuotaLeases;
 use crate::actors::rate_limiter::RateLimiter;
 use crate::actors::report::ReportSources;
 use crate::actors::session_registry::SessionRegistry;
@@ -46,7 +46,7 @@ pub struct AppState {
     pub connections: Addr<Connections>,
     pub origins: Addr<Origins>,
     pub live_feed: Addr<LiveFeed>,
-    pub quota: Addr<QuotaKeeper>,
+    pub quota: Addr<QuotaLeases>,
     pub flusher: Addr<DbFlusher>,
     pub metrics: Addr<MetricsAggregator>,
     pub user_limiter: Addr<RateLimiter>,

@@ -7,7 +7,7 @@ pub mod history_cache;
 pub mod live_feed;
 pub mod metrics;
 pub mod origins;
-pub mod quota_keeper;
+pub mod quota_leases;
 pub mod rate_limiter;
 pub mod report;
 pub mod session_registry;

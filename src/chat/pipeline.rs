@@ -9,13 +9,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::actors::metrics::{MetricsAggregator, Outcome, RecordRejection, RecordRequest};
-use crate::actors::quota_keeper::{quota_retry_after, GiveBackQuota, QuotaKeeper, TakeQuota};
+use crate::actors::quota_leases::{quota_retry_after, GiveBackQuota, QuotaLeases, TakeQuota};
 use crate::actors::rate_limiter::{Admission, Check, RateLimiter};
 use crate::actors::session_registry::{AppendUserMessage, RecordReply, SessionRegistry};
 use crate::chat::tool_calls::ToolCallAssembler;
-use crate::db::queries::quota::QuotaTake;
 use crate::domain::message::{count_words, ChatMessage, Params, RawJson, ToolCall, Turn};
-use crate::domain::{QuotaDay, SessionId, UserId};
+use crate::domain::{QuotaDay, QuotaTake, SessionId, UserId};
 use crate::error::AppError;
 use crate::providers::{Model, ModelCatalog, ModelRequest, ProviderEvent, Usage};
 
@@ -75,7 +74,7 @@ pub struct ChatHandle {
 
 pub struct ChatPipeline {
     pub rate_limiter: Addr<RateLimiter>,
-    pub quota: Addr<QuotaKeeper>,
+    pub quota: Addr<QuotaLeases>,
     pub registry: Addr<SessionRegistry>,
     pub metrics: Addr<MetricsAggregator>,
     pub models: ModelCatalog,
@@ -109,7 +108,7 @@ const EVENT_BUFFER: usize = 64;
 impl ChatPipeline {
     pub fn new(
         rate_limiter: Addr<RateLimiter>,
-        quota: Addr<QuotaKeeper>,
+        quota: Addr<QuotaLeases>,
         registry: Addr<SessionRegistry>,
         metrics: Addr<MetricsAggregator>,
         models: ModelCatalog,
@@ -149,8 +148,8 @@ impl ChatPipeline {
         let _ = events.try_send(ChatEvent::Error(err));
     }
 
-    /// Admission: every refusal here is not usage. `Ok` means a quota unit was taken.
-    async fn admit(&self, request: &ChatRequest) -> Result<Model, AppError> {
+    /// Admission: every refusal here is not usage. `Ok` means a quota unit of `day` was taken.
+    async fn admit(&self, request: &ChatRequest, day: QuotaDay) -> Result<Model, AppError> {
         let model = self.models.get(&request.model).cloned().ok_or_else(|| {
             AppError::UnsupportedModel(format!(
                 "model {:?} is not served here; available: {}",
@@ -173,12 +172,12 @@ impl ChatPipeline {
             .quota
             .send(TakeQuota {
                 user: request.user.clone(),
-                day: QuotaDay::today(),
+                day,
             })
             .await
-            .map_err(|err| AppError::unavailable_mailbox("quota_keeper", err))??;
+            .map_err(|err| AppError::unavailable_mailbox("quota_leases", err))??;
         match take {
-            QuotaTake::Taken { .. } => Ok(model),
+            QuotaTake::Taken => Ok(model),
             QuotaTake::Exceeded { limit } => Err(AppError::QuotaExceeded {
                 message: format!("daily quota of {limit} chats used up; it resets at 00:00 UTC"),
                 retry_after: quota_retry_after(),
@@ -200,8 +199,9 @@ impl ChatPipeline {
                 AppError::Unavailable("the server is shutting down; reconnect shortly".into());
             return self.reject(&events, err);
         }
+        // Read once: a unit taken before 00:00 UTC is accounted (and given back) to that day.
         let day = QuotaDay::today();
-        let model = match self.admit(&request).await {
+        let model = match self.admit(&request, day).await {
             Ok(model) => model,
             Err(err) => return self.reject(&events, err),
         };

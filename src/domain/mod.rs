@@ -5,10 +5,12 @@ mod backoff;
 mod cancel;
 mod ids;
 pub mod message;
+mod quota;
 mod quota_day;
 pub mod redact;
 
 pub use backoff::Backoff;
 pub use cancel::CancelReason;
 pub use ids::{ChatId, IdError, SessionId, UserId};
+pub use quota::QuotaTake;
 pub use quota_day::QuotaDay;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
 
 /// A UTC calendar day, the unit a daily quota is counted in. Stored as `YYYY-MM-DD` so rows
 /// read the same on both backends and sort by date.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QuotaDay(NaiveDate);
 
 impl QuotaDay {
@@ -14,6 +14,16 @@ impl QuotaDay {
 
     pub fn today() -> QuotaDay {
         QuotaDay::of(Utc::now())
+    }
+
+    /// The day after; saturates at the last representable date.
+    pub fn next(&self) -> QuotaDay {
+        QuotaDay(self.0.succ_opt().unwrap_or(self.0))
+    }
+
+    /// The day before; saturates at the first representable date.
+    pub fn previous(&self) -> QuotaDay {
+        QuotaDay(self.0.pred_opt().unwrap_or(self.0))
     }
 
     pub fn as_key(&self) -> String {

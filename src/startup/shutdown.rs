@@ -8,6 +8,7 @@ use crate::actors::connections::{CloseAllConnections, GetConnectionCount};
 use crate::actors::db_flusher::Shutdown;
 use crate::actors::live_feed::{CloseSubscribers, GetFeedStats};
 use crate::actors::metrics::GetMetricsSnapshot;
+use crate::actors::quota_leases::ReleaseAll;
 use crate::app_state::AppState;
 
 /// The part of the shutdown deadline kept for the final flush: a quarter, at most 2 s.
@@ -75,6 +76,10 @@ pub(super) async fn shutdown(state: &AppState, handle: ServerHandle, deadline: D
     let flush_left = until
         .saturating_duration_since(tokio::time::Instant::now())
         .max(Duration::from_millis(100));
+    // Alongside the final flush: settle consumed quota units and hand free ones back, so
+    // other instances may use them.
+    let quota_release = tokio::time::timeout(flush_left, state.quota.send(ReleaseAll));
+    let quota_release = actix_web::rt::spawn(quota_release);
     match tokio::time::timeout(flush_left, state.flusher.send(Shutdown)).await {
         Ok(Ok(Ok(()))) => log::info!(
             "event=shutdown_flushed elapsed_ms={}",
@@ -83,6 +88,13 @@ pub(super) async fn shutdown(state: &AppState, handle: ServerHandle, deadline: D
         Ok(Ok(Err(err))) => log::error!("event=shutdown_flush_failed error={err}"),
         Ok(Err(err)) => log::error!("event=shutdown_flush_failed error={err}"),
         Err(_) => log::warn!("event=shutdown_deadline_passed what=final_flush"),
+    }
+    match quota_release.await {
+        Ok(Ok(Ok(Ok(())))) => log::info!("event=shutdown_quota_released"),
+        Ok(Ok(Ok(Err(err)))) => log::warn!("event=shutdown_quota_release_failed error={err}"),
+        Ok(Ok(Err(err))) => log::warn!("event=shutdown_quota_release_failed error={err}"),
+        Ok(Err(_)) => log::warn!("event=shutdown_deadline_passed what=quota_release"),
+        Err(err) => log::warn!("event=shutdown_quota_release_failed error={err}"),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::actors::history_cache::HistoryCache;
 use crate::actors::live_feed::{FeedSettings, LiveFeed};
 use crate::actors::metrics::MetricsAggregator;
 use crate::actors::origins::Origins;
-use crate::actors::quota_keeper::QuotaKeeper;
+use crate::actors::quota_leases::QuotaLeases;
 use crate::actors::rate_limiter::RateLimiter;
 use crate::actors::report::ReportSources;
 use crate::actors::session_registry::{HistoryLimits, SessionRegistry};
@@ -85,7 +85,12 @@ pub(super) fn start_actors(
         )
         .start(),
     };
-    let quota = QuotaKeeper::new(pool.clone(), limits.daily_quota).start();
+    let quota = QuotaLeases::new(
+        pool.clone(),
+        limits.daily_quota,
+        Duration::from_millis(timers.flush_interval_ms),
+    )
+    .start();
     let metrics =
         MetricsAggregator::new(settings.telemetry.recent_requests, flusher.clone()).start();
     let connections = Connections::new(limits.user_max_connections).start();

@@ -254,6 +254,7 @@ async fn users_list_pages_and_limits_take_effect_on_the_next_chat() {
     assert!(ws.reply("a").await.done.is_some());
     ws.chat("b", "echo", "two").await;
     assert_eq!(ws.reply("b").await.error_code(), Some("quota_exceeded"));
+    app.settle_quota().await;
     let (_, user, _) = send(&app, "GET", "/admin/users/u1", &admin, None, None).await;
     assert_eq!(user["used_today"], 1);
     assert_eq!(

@@ -26,6 +26,7 @@ async fn set_daily_limit(app: &TestApp, user: &'static str, limit: i64) {
 }
 
 async fn used_today(app: &TestApp, user: &'static str) -> i64 {
+    app.settle_quota().await;
     let day = chatgate::domain::QuotaDay::today().as_key();
     app.query(move |conn| quota::used_on(conn, user, &day))
         .await
@@ -159,6 +160,9 @@ async fn quota_race(apps: &[&TestApp]) {
         }
     }
     assert_eq!((done, exceeded), (25, 35));
+    for app in apps {
+        app.settle_quota().await;
+    }
     assert_eq!(used_today(apps[0], "racer").await, 25);
 }
 

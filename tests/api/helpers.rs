@@ -235,8 +235,21 @@ where
 }
 
 impl TestApp {
-    /// Quota units `user` has used today, as stored.
+    /// Settles this instance's consumed quota units into the database now (otherwise done
+    /// every flush interval).
+    pub async fn settle_quota(&self) {
+        use chatgate::actors::quota_leases::SettleNow;
+        self.state
+            .quota
+            .send(SettleNow)
+            .await
+            .expect("quota actor")
+            .expect("quota settled");
+    }
+
+    /// Quota units `user` has used today, as stored once this instance has settled.
     pub async fn used_today(&self, user: &'static str) -> i64 {
+        self.settle_quota().await;
         let day = chatgate::domain::QuotaDay::today().as_key();
         self.query(move |conn| chatgate::db::queries::quota::used_on(conn, user, &day))
             .await
@@ -246,7 +259,6 @@ impl TestApp {
     /// everything sent to it before (a chat gives its unit back before it is recorded).
     pub async fn wait_for_records(&self, count: u64) {
         use chatgate::actors::metrics::GetMetricsSnapshot;
-        use chatgate::actors::quota_keeper::EnsureUser;
         eventually(
             &format!("{count} recorded chats"),
             Duration::from_secs(10),
@@ -261,8 +273,9 @@ impl TestApp {
             },
         )
         .await;
-        let user = chatgate::domain::UserId::parse("quota-sync").expect("user id");
-        let _ = self.state.quota.send(EnsureUser { user }).await;
+        // Give-backs reach the quota actor before the chat is recorded; settling now puts
+        // them, and every kept unit, into `used`.
+        self.settle_quota().await;
     }
 }
 

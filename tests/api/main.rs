@@ -21,6 +21,7 @@ mod openai_tools;
 mod openai_upstream;
 mod openapi;
 mod process;
+mod quota_leasing;
 mod quota_primitive;
 mod shutdown;
 mod tcp_proxy;

@@ -11,7 +11,6 @@ use serde::Deserialize;
 
 use super::{ConnectionSettings, WsConnection, CHAT_MAX_BACKLOG_BYTES};
 use crate::actors::connections::Reservation;
-use crate::actors::quota_keeper::EnsureUser;
 use crate::app_state::AppState;
 use crate::auth::authenticate;
 use crate::domain::{SessionId, UserId};
@@ -64,13 +63,18 @@ pub async fn handshake(
     let identity = authenticate(&req)?;
     check_origin(&req, &state, &identity.user).await?;
     let resume = resume_of(&req)?;
+    // Straight to the database, never queued behind chats waiting for quota.
+    let user = identity.user.clone();
     let user_row = state
-        .quota
-        .send(EnsureUser {
-            user: identity.user.clone(),
+        .db
+        .run(move |conn| {
+            crate::db::queries::users::ensure_user(
+                conn,
+                user.as_str(),
+                crate::db::queries::now_ms(),
+            )
         })
-        .await
-        .map_err(|err| AppError::unavailable_mailbox("quota_keeper", err))??;
+        .await?;
     if user_row.disabled {
         return Err(AppError::Forbidden("this user is disabled".into()));
     }

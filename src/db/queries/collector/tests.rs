@@ -145,7 +145,7 @@ fn retention_deletes_old_raw_rows_ended_sessions_and_old_quota_days() {
     .expect("insert");
     conn.batch_execute(
         "INSERT INTO users (id, created_at) VALUES ('u', 0); \
-         INSERT INTO quota_usage VALUES ('u', '2026-01-01', 1), ('u', '2026-01-02', 1), \
+         INSERT INTO quota_usage (user_id, day, used) VALUES ('u', '2026-01-01', 1), ('u', '2026-01-02', 1), \
          ('u', '2026-02-10', 1); \
          INSERT INTO sessions (id, user_id, started_at, ended_at) VALUES \
          ('ended-long-ago', 'u', 0, 4000), ('ended-lately', 'u', 0, 6000), \

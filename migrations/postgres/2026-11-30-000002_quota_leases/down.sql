@@ -1,0 +1,2 @@
+DROP TABLE quota_leases;
+ALTER TABLE quota_usage DROP COLUMN reserved;
