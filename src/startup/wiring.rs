@@ -17,6 +17,7 @@ use crate::actors::quota_keeper::QuotaKeeper;
 use crate::actors::rate_limiter::RateLimiter;
 use crate::actors::report::ReportSources;
 use crate::actors::session_registry::{HistoryLimits, SessionRegistry};
+use crate::actors::socket_watchdog::{SocketWatchdog, WatchdogLimits};
 use crate::app_state::{AppState, FeedLimits, GuardLimiters};
 use crate::auth::JwtKeys;
 use crate::chat::ChatPipeline;
@@ -131,6 +132,17 @@ pub(super) fn start_actors(
         std::rc::Rc::new(DbCollectorStore { db: pool.clone() }),
     )
     .start();
+    let heartbeat = Duration::from_secs(timers.heartbeat_secs);
+    let watchdog = SocketWatchdog::new(
+        WatchdogLimits {
+            // A live socket's actor runs at least every heartbeat, which is shorter.
+            frozen_after: Duration::from_secs(timers.client_timeout_secs),
+            close_flush: Duration::from_secs(1),
+        },
+        heartbeat.min(Duration::from_secs(1)) / 2,
+        registry.clone(),
+    )
+    .start();
     Ok(AppState {
         settings,
         db: pool,
@@ -149,5 +161,6 @@ pub(super) fn start_actors(
         feed,
         shutdown,
         collector,
+        watchdog,
     })
 }

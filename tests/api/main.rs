@@ -15,5 +15,6 @@ mod openapi;
 mod process;
 mod quota_primitive;
 mod shutdown;
+mod stalled_sockets;
 mod tcp_proxy;
 mod ws_client;

@@ -16,7 +16,7 @@ use crate::app_state::AppState;
 use crate::auth::authenticate;
 use crate::domain::{SessionId, UserId};
 use crate::error::{AppError, ErrorBody};
-use crate::ws::transport::start_counted;
+use crate::ws::transport::{start_watched, SocketShutdown, SocketWatch};
 
 #[derive(Deserialize)]
 struct HandshakeQuery {
@@ -74,8 +74,9 @@ pub async fn handshake(
     }
     let max_frame_bytes = state.settings.server.max_frame_bytes;
     let consumed = Arc::new(AtomicU64::new(0));
-    let connection = WsConnection::new(identity.user, resume, &state, consumed.clone());
-    start_counted(connection, &req, payload, max_frame_bytes, consumed)
+    let watch = Arc::new(SocketWatch::new(SocketShutdown::of_request(&req)));
+    let connection = WsConnection::new(identity.user, resume, &state, consumed.clone(), watch.clone());
+    start_watched(connection, &req, payload, max_frame_bytes, consumed, Some(watch))
 }
 
 /// Refuses a browser page whose origin may not open WebSockets here.
@@ -124,6 +125,7 @@ impl WsConnection {
         resume: Option<SessionId>,
         state: &AppState,
         consumed: Arc<AtomicU64>,
+        watch: Arc<SocketWatch>,
     ) -> WsConnection {
         let settings = &state.settings;
         WsConnection {
@@ -146,6 +148,8 @@ impl WsConnection {
             closing: None,
             produced: 0,
             consumed,
+            watch,
+            watchdog: state.watchdog.clone(),
         }
     }
 }
