@@ -15,6 +15,7 @@ mod openapi;
 mod process;
 mod quota_primitive;
 mod shutdown;
+mod shutdown_faults;
 mod stalled_sockets;
 mod tcp_proxy;
 mod ws_client;

@@ -35,7 +35,7 @@ async fn session_stats(app: &TestApp, admin: &str) -> Value {
 }
 
 /// A stalled client whose session is open and whose server socket is backed up.
-async fn frozen_client(app: &TestApp, user: &str) -> (tokio::net::TcpStream, u16, Instant) {
+pub(crate) async fn frozen_client(app: &TestApp, user: &str) -> (tokio::net::TcpStream, u16, Instant) {
     let admin = app.admin_token("ops");
     let (stream, port) = stalled_chatter(&app.addr.to_string(), &app.user_token(user)).await;
     let stopped_reading = Instant::now();
