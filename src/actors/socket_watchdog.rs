@@ -317,17 +317,16 @@ mod tests {
         UserId::parse(name).expect("user")
     }
 
-    fn state_with(
-        n: u64,
-    ) -> (
-        WatchdogState<Arc<dyn WatchedSocket>>,
-        Vec<Arc<FakeSocket>>,
-    ) {
+    fn state_with(n: u64) -> (WatchdogState<Arc<dyn WatchedSocket>>, Vec<Arc<FakeSocket>>) {
         let mut state = WatchdogState::new(limits());
         let sockets: Vec<Arc<FakeSocket>> = (0..n).map(|_| Arc::default()).collect();
         for (i, socket) in sockets.iter().enumerate() {
             let name = if i % 2 == 0 { "even" } else { "odd" };
-            state.watch(i as u64, user(name), socket.clone() as Arc<dyn WatchedSocket>);
+            state.watch(
+                i as u64,
+                user(name),
+                socket.clone() as Arc<dyn WatchedSocket>,
+            );
         }
         (state, sockets)
     }
@@ -376,7 +375,10 @@ mod tests {
         let session = SessionId::new_random();
         state.set_session(4, session.clone());
         let now = Instant::now();
-        state.expect_close(&CloseTarget::User(user("odd")), now + Duration::from_secs(1));
+        state.expect_close(
+            &CloseTarget::User(user("odd")),
+            now + Duration::from_secs(1),
+        );
         state.expect_close(&CloseTarget::Session(session), now + Duration::from_secs(1));
         assert!(state.sweep(now).is_empty(), "not before the deadline");
         let cuts = state.sweep(now + Duration::from_secs(1));
@@ -385,6 +387,9 @@ mod tests {
         state.expect_close(&CloseTarget::All, now + Duration::from_secs(3));
         // A later deadline does not postpone an earlier one.
         state.expect_close(&CloseTarget::All, now + Duration::from_secs(9));
-        assert_eq!(cut_ids(&state.sweep(now + Duration::from_secs(3))), vec![0, 2]);
+        assert_eq!(
+            cut_ids(&state.sweep(now + Duration::from_secs(3))),
+            vec![0, 2]
+        );
     }
 }

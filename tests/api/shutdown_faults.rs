@@ -46,7 +46,12 @@ async fn a_whole_reply_running_at_the_shutdown_deadline_gets_503_and_is_recorded
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
     let counts = pool
-        .run(|conn| Ok((usage::count_requests(conn)?, usage::sum_rollup_requests(conn)?)))
+        .run(|conn| {
+            Ok((
+                usage::count_requests(conn)?,
+                usage::sum_rollup_requests(conn)?,
+            ))
+        })
         .await
         .expect("count");
     assert_eq!(counts, (1, 1), "the cut reply is one request in the usage");
@@ -82,6 +87,78 @@ async fn sessions_of_sockets_closed_at_shutdown_are_persisted_as_ended() {
             .await
             .expect("query")
             .expect("session row");
-        assert!(row.ended_at.is_some(), "session {id} persisted without its end: {row:?}");
+        assert!(
+            row.ended_at.is_some(),
+            "session {id} persisted without its end: {row:?}"
+        );
     }
+}
+
+/// The same through SIGTERM on the real binary, where the process exits right after the
+/// final flush: a socket actix drops late must not lose its session's end.
+#[actix_web::test]
+async fn sigterm_persists_the_end_of_a_frozen_sockets_session() {
+    use chatgate::auth::{JwtKeys, Role};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = crate::process::ServerProcess::start(
+        dir.path(),
+        &[
+            ("CHATGATE_SHUTDOWN_TIMEOUT_SECS", "3"),
+            ("CHATGATE_FLUSH_INTERVAL_MS", "60000"),
+            ("RUST_LOG", "warn,chatgate::startup=info"),
+        ],
+    );
+    let keys = JwtKeys::new(crate::helpers::TEST_SECRET.as_bytes());
+    let user = keys.mint("stalled", Role::User, 600).expect("mint");
+    let admin = keys.mint("ops", Role::Admin, 600).expect("mint");
+    let (_stalled, port) = crate::shutdown::stalled_chatter(&server.addr, &user).await;
+    let server_port: u16 = server
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let client = awc::Client::default();
+    let id = crate::helpers::eventually(
+        "the stalled session is listed",
+        Duration::from_secs(10),
+        || async {
+            let mut resp = client
+                .get(format!(
+                    "http://{}/admin/sessions?state=active",
+                    server.addr
+                ))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .ok()?;
+            let page: Value = resp.json().await.ok()?;
+            page["items"][0]["id"].as_str().map(str::to_string)
+        },
+    )
+    .await;
+    crate::helpers::eventually(
+        "the server's send queue fills",
+        Duration::from_secs(10),
+        || async {
+            (crate::shutdown::server_send_queue(server_port, port) >= 64 * 1024).then_some(())
+        },
+    )
+    .await;
+    server.signal("-TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(8)).code(), Some(0));
+    let pool = chatgate::db::DbPool::new(
+        &chatgate::db::DatabaseUrl::parse(dir.path().join("serve.db").to_str().expect("utf8")),
+        &chatgate::db::PoolSettings {
+            max_size: 1,
+            connection_timeout: Duration::from_secs(5),
+            retry: Default::default(),
+        },
+    );
+    let row = pool
+        .run(move |conn| sessions::find_session(conn, &id))
+        .await
+        .expect("query")
+        .expect("session row");
+    assert!(row.ended_at.is_some(), "persisted without its end: {row:?}");
 }

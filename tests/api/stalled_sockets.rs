@@ -35,13 +35,18 @@ async fn session_stats(app: &TestApp, admin: &str) -> Value {
 }
 
 /// A stalled client whose session is open and whose server socket is backed up.
-pub(crate) async fn frozen_client(app: &TestApp, user: &str) -> (tokio::net::TcpStream, u16, Instant) {
+pub(crate) async fn frozen_client(
+    app: &TestApp,
+    user: &str,
+) -> (tokio::net::TcpStream, u16, Instant) {
     let admin = app.admin_token("ops");
     let (stream, port) = stalled_chatter(&app.addr.to_string(), &app.user_token(user)).await;
     let stopped_reading = Instant::now();
-    eventually("the stalled session is open", Duration::from_secs(10), || async {
-        (session_stats(app, &admin).await["active"] == 1).then_some(())
-    })
+    eventually(
+        "the stalled session is open",
+        Duration::from_secs(10),
+        || async { (session_stats(app, &admin).await["active"] == 1).then_some(()) },
+    )
     .await;
     eventually(
         "the server's send queue to the stalled client fills",
@@ -70,9 +75,11 @@ async fn a_client_that_stops_reading_loses_its_socket_and_session_within_the_tim
     let (_stream, port, stopped_reading) = frozen_client(&app, "stalled").await;
     // Contract: client timeout + heartbeat + 2 s after the client stopped reading; a little
     // more for polling and a loaded machine.
-    eventually("the stalled session ends", Duration::from_secs(8), || async {
-        (session_stats(&app, &admin).await["active"] == 0).then_some(())
-    })
+    eventually(
+        "the stalled session ends",
+        Duration::from_secs(8),
+        || async { (session_stats(&app, &admin).await["active"] == 0).then_some(()) },
+    )
     .await;
     let took = stopped_reading.elapsed();
     assert!(
@@ -89,7 +96,10 @@ async fn an_admin_ending_a_frozen_session_closes_its_socket() {
     let admin = app.admin_token("ops");
     let (_stream, port, _) = frozen_client(&app, "stalled").await;
     let (_, page) = app.get("/admin/sessions?state=active", Some(&admin)).await;
-    let id = page["items"][0]["id"].as_str().expect("session id").to_string();
+    let id = page["items"][0]["id"]
+        .as_str()
+        .expect("session id")
+        .to_string();
     let resp = app
         .client()
         .delete(app.url(&format!("/admin/sessions/{id}")))
@@ -115,9 +125,11 @@ async fn disabling_a_user_closes_their_frozen_socket_and_ends_the_session() {
         .await
         .expect("disable");
     assert_eq!(resp.status(), 200);
-    eventually("the disabled user's session ends", Duration::from_secs(4), || async {
-        (session_stats(&app, &admin).await["active"] == 0).then_some(())
-    })
+    eventually(
+        "the disabled user's session ends",
+        Duration::from_secs(4),
+        || async { (session_stats(&app, &admin).await["active"] == 0).then_some(()) },
+    )
     .await;
     wait_socket_closed(&app, port, Duration::from_secs(2)).await;
 }

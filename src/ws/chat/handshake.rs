@@ -75,8 +75,21 @@ pub async fn handshake(
     let max_frame_bytes = state.settings.server.max_frame_bytes;
     let consumed = Arc::new(AtomicU64::new(0));
     let watch = Arc::new(SocketWatch::new(SocketShutdown::of_request(&req)));
-    let connection = WsConnection::new(identity.user, resume, &state, consumed.clone(), watch.clone());
-    start_watched(connection, &req, payload, max_frame_bytes, consumed, Some(watch))
+    let connection = WsConnection::new(
+        identity.user,
+        resume,
+        &state,
+        consumed.clone(),
+        watch.clone(),
+    );
+    start_watched(
+        connection,
+        &req,
+        payload,
+        max_frame_bytes,
+        consumed,
+        Some(watch),
+    )
 }
 
 /// Refuses a browser page whose origin may not open WebSockets here.
