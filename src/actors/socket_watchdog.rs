@@ -182,6 +182,10 @@ impl<S: std::ops::Deref<Target = dyn WatchedSocket>> WatchdogState<S> {
             }
             true
         });
+        // After a crowd leaves, the map's peak capacity is memory nobody uses.
+        if self.sockets.capacity() > 1024 && self.sockets.len() < self.sockets.capacity() / 4 {
+            self.sockets.shrink_to(self.sockets.capacity() / 2);
+        }
         verdicts
             .into_iter()
             .filter_map(|(conn_id, reason)| {
