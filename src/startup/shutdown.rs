@@ -95,7 +95,8 @@ pub(super) async fn shutdown(state: &AppState, handle: ServerHandle, deadline: D
     }
     // Records of the replies just ended pass through the aggregator, and the ends of sessions
     // through the registry; a round trip to each guarantees their rows reached the flusher's
-    // mailbox ahead of its final flush. (Sockets are closed by now: their detaches are in.)
+    // mailbox ahead of its final flush. (A socket detaches its session as it stops, before
+    // it leaves the connection count the loop above waited on.)
     let _ = futures_util::future::join(
         state.metrics.send(GetMetricsSnapshot { recent_limit: 0 }),
         state.registry.send(GetSessionStats),
