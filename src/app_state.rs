@@ -18,6 +18,7 @@ use crate::actors::quota_leases::QuotaLeases;
 use crate::actors::rate_limiter::RateLimiter;
 use crate::actors::report::ReportSources;
 use crate::actors::session_registry::SessionRegistry;
+use crate::actors::socket_watchdog::SocketWatchdog;
 use crate::auth::JwtKeys;
 use crate::chat::ChatPipeline;
 use crate::config::Settings;
@@ -56,6 +57,7 @@ pub struct AppState {
     /// Turns true when shutdown starts; streamed HTTP replies end with `unavailable` then.
     pub shutdown: watch::Receiver<bool>,
     pub collector: Addr<Collector>,
+    pub watchdog: Addr<SocketWatchdog>,
 }
 
 impl AppState {

@@ -11,3 +11,4 @@ pub mod quota_leases;
 pub mod rate_limiter;
 pub mod report;
 pub mod session_registry;
+pub mod socket_watchdog;

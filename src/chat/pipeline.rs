@@ -36,7 +36,8 @@ pub struct ChatRequest {
     /// When the request arrived; latency is measured from here.
     pub received: Instant,
     /// Streamed replies (WebSocket, SSE) end with `unavailable` when shutdown begins; a whole
-    /// HTTP reply is an ordinary in-flight request and may finish.
+    /// HTTP reply is an ordinary in-flight request and may finish, until the shutdown's
+    /// deadline is near (`end_all_replies`).
     pub ends_at_shutdown: bool,
 }
 
@@ -78,9 +79,9 @@ pub struct ChatPipeline {
     pub registry: Addr<SessionRegistry>,
     pub metrics: Addr<MetricsAggregator>,
     pub models: ModelCatalog,
-    /// Set once at shutdown: every running reply ends with `unavailable` and records itself,
-    /// whether or not its transport is still able to pass the word on.
-    shutdown: watch::Sender<bool>,
+    /// Moves forward at shutdown: the replies it reaches end with `unavailable` and record
+    /// themselves, whether or not their transport is still able to pass the word on.
+    shutdown: watch::Sender<Stopping>,
     /// Chats started and not yet recorded, so shutdown can wait for their records.
     in_flight: Arc<AtomicUsize>,
 }
@@ -98,6 +99,32 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How far shutdown has gone: streamed replies end first, whole HTTP replies at the deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Stopping {
+    No,
+    Streams,
+    Everything,
+}
+
+impl Stopping {
+    /// The stage that ends `request`.
+    fn ending(request: &ChatRequest) -> Stopping {
+        if request.ends_at_shutdown {
+            Stopping::Streams
+        } else {
+            Stopping::Everything
+        }
+    }
+}
+
+/// Resolves once shutdown reaches `stage` (never, if the pipeline is gone).
+async fn reached(shutdown: &mut watch::Receiver<Stopping>, stage: Stopping) {
+    if shutdown.wait_for(|now| *now >= stage).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -119,14 +146,23 @@ impl ChatPipeline {
             registry,
             metrics,
             models,
-            shutdown: watch::channel(false).0,
+            shutdown: watch::channel(Stopping::No).0,
             in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Ends every running reply with `unavailable` and refuses new ones.
+    /// Ends every running streamed reply with `unavailable` and refuses new chats.
     pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
+        self.shutdown.send_if_modified(|now| {
+            let changed = *now < Stopping::Streams;
+            *now = (*now).max(Stopping::Streams);
+            changed
+        });
+    }
+
+    /// Ends every reply still running, whole HTTP replies too (the shutdown deadline is near).
+    pub fn end_all_replies(&self) {
+        self.shutdown.send_replace(Stopping::Everything);
     }
 
     /// Chats started and not yet recorded.
@@ -194,7 +230,7 @@ impl ChatPipeline {
     ) {
         let _in_flight = InFlight::enter(&self.in_flight);
         let mut shutdown = self.shutdown.subscribe();
-        if *shutdown.borrow_and_update() {
+        if *shutdown.borrow_and_update() > Stopping::No {
             let err =
                 AppError::Unavailable("the server is shutting down; reconnect shortly".into());
             return self.reject(&events, err);
@@ -232,7 +268,8 @@ impl ChatPipeline {
         run.estimated_usage.prompt_tokens = count_words(&messages);
 
         // The client may have cancelled or left, or shutdown begun, while we were admitting.
-        if request.ends_at_shutdown && *shutdown.borrow_and_update() {
+        let ends_at = Stopping::ending(&request);
+        if *shutdown.borrow_and_update() >= ends_at {
             return self.finish(
                 run,
                 &events,
@@ -262,7 +299,7 @@ impl ChatPipeline {
                     // The transport dropped its handle without a word: it is gone.
                     Err(_) => break Ending::ClientGone,
                 },
-                _ = shutdown.changed(), if request.ends_at_shutdown => break Ending::Cancelled(CancelReason::Shutdown),
+                _ = reached(&mut shutdown, ends_at) => break Ending::Cancelled(CancelReason::Shutdown),
                 _ = events.closed() => break Ending::ClientGone,
                 _ = &mut deadline => break Ending::Failed(AppError::UpstreamTimeout(format!(
                     "model {} did not finish within {} s", model.name, model.timeout.as_secs()
@@ -279,7 +316,7 @@ impl ChatPipeline {
                                 Ok(reason) => Ending::Cancelled(reason),
                                 Err(_) => Ending::ClientGone,
                             },
-                            _ = shutdown.changed(), if request.ends_at_shutdown => {
+                            _ = reached(&mut shutdown, ends_at) => {
                                 break 'stream Ending::Cancelled(CancelReason::Shutdown)
                             }
                             _ = &mut deadline => {

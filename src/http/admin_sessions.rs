@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::actors::session_registry::{
     EndSession, GetSessionStats, ListSessions, SessionStats, SessionSummary, StateFilter,
 };
+use crate::actors::socket_watchdog::{CloseTarget, ExpectClose, CLOSE_WITHIN};
 use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
 use crate::domain::SessionId;
@@ -145,6 +146,11 @@ pub async fn end_session(
         .send(EndSession { id: id.clone() })
         .await
         .map_err(|err| AppError::unavailable_mailbox("session_registry", err))??;
+    // A socket frozen on a client that stopped reading cannot close itself.
+    state.watchdog.do_send(ExpectClose {
+        target: CloseTarget::Session(id.clone()),
+        within: CLOSE_WITHIN,
+    });
     log::info!(
         "event=session_ended_by_admin admin={} session={id}",
         admin.0.user

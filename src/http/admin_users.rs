@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::connections::CloseUserConnections;
+use crate::actors::socket_watchdog::{CloseTarget, ExpectClose, CLOSE_WITHIN};
 use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
 use crate::db::models::UserRow;
@@ -282,9 +283,14 @@ pub async fn put_user(
     );
     if row.disabled {
         state.connections.do_send(CloseUserConnections {
-            user: id,
+            user: id.clone(),
             code: 1008,
             reason: "user disabled".into(),
+        });
+        // A socket frozen on a client that stopped reading cannot close itself.
+        state.watchdog.do_send(ExpectClose {
+            target: CloseTarget::User(id),
+            within: CLOSE_WITHIN,
         });
     }
     let view = UserView::new(row, used, state.settings.limits.daily_quota);

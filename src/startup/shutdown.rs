@@ -9,11 +9,25 @@ use crate::actors::db_flusher::Shutdown;
 use crate::actors::live_feed::{CloseSubscribers, GetFeedStats};
 use crate::actors::metrics::GetMetricsSnapshot;
 use crate::actors::quota_leases::ReleaseAll;
+use crate::actors::session_registry::GetSessionStats;
+use crate::actors::socket_watchdog::{CloseTarget, ExpectClose};
 use crate::app_state::AppState;
 
 /// The part of the shutdown deadline kept for the final flush: a quarter, at most 2 s.
 fn flush_reserve(deadline: Duration) -> Duration {
     (deadline / 4).min(Duration::from_secs(2))
+}
+
+/// Room left between ending the last replies and actix dropping the connections, for their
+/// 503 answers to be written.
+const LAST_ANSWERS_MARGIN: Duration = Duration::from_millis(500);
+
+/// When, after shutdown starts, replies still running (whole HTTP replies, which may finish
+/// on their own until then) are ended with `unavailable`, and sockets that did not close are
+/// cut: before actix's drain ends, so the answers still reach their clients.
+fn last_call(deadline_secs: u64) -> Duration {
+    let drain = Duration::from_secs(http_drain_secs(deadline_secs));
+    drain - LAST_ANSWERS_MARGIN.min(drain / 2)
 }
 
 /// Whole seconds actix may drain connections for: the deadline less the flush reserve.
@@ -22,14 +36,16 @@ pub(super) fn http_drain_secs(deadline_secs: u64) -> u64 {
     (deadline - flush_reserve(deadline)).as_secs()
 }
 
-/// Stop accepting; end every running reply with `unavailable` and close every WebSocket with
-/// 1001, all at once; let in-flight HTTP requests finish; then write everything buffered. All
-/// within `deadline`: the final flush keeps a reserve of it, and whatever is still open when
-/// its phase runs out is named in a warning and left behind.
+/// Stop accepting; end every streamed reply with `unavailable` and close every WebSocket with
+/// 1001, all at once; let in-flight HTTP requests finish until the last call, when whole
+/// replies still running end with 503 `unavailable` and sockets still open are cut; then
+/// write everything buffered. All within `deadline`: the final flush keeps a reserve of it,
+/// and whatever is still open when its phase runs out is named in a warning and left behind.
 pub(super) async fn shutdown(state: &AppState, handle: ServerHandle, deadline: Duration) {
     let start = tokio::time::Instant::now();
     let until = start + deadline;
     let close_until = until - flush_reserve(deadline);
+    let last_call_at = start + last_call(deadline.as_secs());
     handle.pause().await;
     // Graceful stop starts now, alongside the WebSocket closes: actix lets open connections
     // finish for at most its own drain timeout (set from the same budget at build time), so a
@@ -49,7 +65,18 @@ pub(super) async fn shutdown(state: &AppState, handle: ServerHandle, deadline: D
     .await;
     let told = chats.unwrap_or(0) + feeds.unwrap_or(0);
     log::info!("event=shutdown_closing_websockets connections={told}");
+    // A socket frozen on a client that stopped reading cannot close itself: cut it in time
+    // for its session's end to be written with the rest.
+    state.watchdog.do_send(ExpectClose {
+        target: CloseTarget::All,
+        within: last_call_at.saturating_duration_since(tokio::time::Instant::now()),
+    });
+    let mut whole_replies_running = true;
     loop {
+        if whole_replies_running && tokio::time::Instant::now() >= last_call_at {
+            state.pipeline.end_all_replies();
+            whole_replies_running = false;
+        }
         let open = open_sockets(state).await;
         let replies = state.pipeline.in_flight();
         if open == 0 && replies == 0 {
@@ -67,12 +94,15 @@ pub(super) async fn shutdown(state: &AppState, handle: ServerHandle, deadline: D
     if tokio::time::timeout(http_left, http_stopped).await.is_err() {
         log::warn!("event=shutdown_deadline_passed what=http_connections");
     }
-    // Records of the replies just ended pass through the aggregator first; a round trip
-    // there guarantees they reached the flusher before its final flush.
-    let _ = state
-        .metrics
-        .send(GetMetricsSnapshot { recent_limit: 0 })
-        .await;
+    // Records of the replies just ended pass through the aggregator, and the ends of sessions
+    // through the registry; a round trip to each guarantees their rows reached the flusher's
+    // mailbox ahead of its final flush. (A socket detaches its session as it stops, before
+    // it leaves the connection count the loop above waited on.)
+    let _ = futures_util::future::join(
+        state.metrics.send(GetMetricsSnapshot { recent_limit: 0 }),
+        state.registry.send(GetSessionStats),
+    )
+    .await;
     let flush_left = until
         .saturating_duration_since(tokio::time::Instant::now())
         .max(Duration::from_millis(100));

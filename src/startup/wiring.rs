@@ -17,6 +17,7 @@ use crate::actors::quota_leases::QuotaLeases;
 use crate::actors::rate_limiter::RateLimiter;
 use crate::actors::report::ReportSources;
 use crate::actors::session_registry::{HistoryLimits, SessionRegistry};
+use crate::actors::socket_watchdog::{SocketWatchdog, WatchdogLimits};
 use crate::app_state::{AppState, FeedLimits, GuardLimiters};
 use crate::auth::JwtKeys;
 use crate::chat::ChatPipeline;
@@ -134,6 +135,17 @@ pub(super) fn start_actors(
         std::rc::Rc::new(DbCollectorStore { db: pool.clone() }),
     )
     .start();
+    let heartbeat = Duration::from_secs(timers.heartbeat_secs);
+    let watchdog = SocketWatchdog::new(
+        WatchdogLimits {
+            // A live socket's actor runs at least every heartbeat, which is shorter.
+            frozen_after: Duration::from_secs(timers.client_timeout_secs),
+            close_flush: Duration::from_secs(1),
+        },
+        heartbeat.min(Duration::from_secs(1)) / 2,
+        registry.clone(),
+    )
+    .start();
     Ok(AppState {
         settings,
         db: pool,
@@ -152,5 +164,6 @@ pub(super) fn start_actors(
         feed,
         shutdown,
         collector,
+        watchdog,
     })
 }

@@ -1,15 +1,19 @@
 //! Transport pieces both sockets share: counting what the client has not read yet (the
-//! backlog), the upgrade that installs that count, and a handle that shuts a socket down
-//! from outside its actor.
+//! backlog), the upgrade that installs that count, a handle that shuts a socket down from
+//! outside its actor, and the progress report the socket watchdog reads.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use actix::clock::Instant;
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, ProtocolError};
 
 use crate::actors::live_feed::SocketCutOff;
+use crate::actors::socket_watchdog::{Progress, WatchedSocket};
 use crate::error::AppError;
 
 /// Upgrades to a WebSocket served by `actor`, returning the response and the counter of
@@ -24,12 +28,28 @@ pub(super) fn start_counted<A>(
 where
     A: Actor<Context = ws::WebsocketContext<A>> + StreamHandler<Result<ws::Message, ProtocolError>>,
 {
+    start_watched(actor, req, payload, max_frame_bytes, consumed, None)
+}
+
+/// Like `start_counted`, and reports the socket's progress to `watch` for the watchdog.
+pub(super) fn start_watched<A>(
+    actor: A,
+    req: &HttpRequest,
+    payload: web::Payload,
+    max_frame_bytes: usize,
+    consumed: Arc<AtomicU64>,
+    watch: Option<Arc<SocketWatch>>,
+) -> Result<HttpResponse, AppError>
+where
+    A: Actor<Context = ws::WebsocketContext<A>> + StreamHandler<Result<ws::Message, ProtocolError>>,
+{
     let mut response = ws::handshake(req)
         .map_err(|err| AppError::BadRequest(format!("websocket handshake failed: {err}")))?;
     let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
     let body = CountingBody {
         inner: Box::pin(ws::WebsocketContext::with_codec(actor, payload, codec)),
         consumed,
+        watch,
     };
     Ok(response.streaming(body))
 }
@@ -52,6 +72,15 @@ pub(super) fn wire_len(payload: usize) -> u64 {
 struct CountingBody<S> {
     inner: std::pin::Pin<Box<S>>,
     consumed: Arc<AtomicU64>,
+    watch: Option<Arc<SocketWatch>>,
+}
+
+impl<S> Drop for CountingBody<S> {
+    fn drop(&mut self) {
+        if let Some(watch) = &self.watch {
+            watch.finished.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl<S> futures_util::Stream for CountingBody<S>
@@ -64,6 +93,10 @@ where
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
+        // Polled means the HTTP layer has room and the actor runs (it is polled inside).
+        if let Some(watch) = &self.watch {
+            watch.stamp(&watch.last_polled_ms);
+        }
         let polled = self.inner.as_mut().poll_next(cx);
         if let std::task::Poll::Ready(Some(Ok(bytes))) = &polled {
             self.consumed
@@ -99,6 +132,62 @@ impl SocketShutdown {
 
     pub fn shutdown(&self) {
         let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A chat socket's progress as the watchdog reads it, written by the transport and the
+/// socket's actor: times are milliseconds since `epoch`.
+#[derive(Debug)]
+pub struct SocketWatch {
+    epoch: Instant,
+    last_polled_ms: AtomicU64,
+    /// `u64::MAX` while the actor runs.
+    stopped_at_ms: AtomicU64,
+    finished: AtomicBool,
+    socket: Option<SocketShutdown>,
+}
+
+impl SocketWatch {
+    pub(super) fn new(socket: Option<SocketShutdown>) -> SocketWatch {
+        SocketWatch {
+            epoch: Instant::now(),
+            last_polled_ms: AtomicU64::new(0),
+            stopped_at_ms: AtomicU64::new(u64::MAX),
+            finished: AtomicBool::new(false),
+            socket,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        Instant::now().duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn stamp(&self, field: &AtomicU64) {
+        field.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// The socket's actor stopped; its close frame is on its way.
+    pub(super) fn actor_stopped(&self) {
+        self.stamp(&self.stopped_at_ms);
+    }
+}
+
+impl WatchedSocket for SocketWatch {
+    fn progress(&self) -> Progress {
+        let now = self.now_ms();
+        let since = |ms: u64| Duration::from_millis(now.saturating_sub(ms));
+        let stopped = self.stopped_at_ms.load(Ordering::Acquire);
+        Progress {
+            idle: since(self.last_polled_ms.load(Ordering::Acquire)),
+            stopped_for: (stopped != u64::MAX).then(|| since(stopped)),
+            finished: self.finished.load(Ordering::Acquire),
+        }
+    }
+
+    fn cut_off(&self) {
+        if let Some(socket) = &self.socket {
+            socket.shutdown();
+        }
     }
 }
 

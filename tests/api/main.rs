@@ -24,6 +24,8 @@ mod process;
 mod quota_leasing;
 mod quota_primitive;
 mod shutdown;
+mod shutdown_faults;
+mod stalled_sockets;
 mod tcp_proxy;
 mod ws_client;
 mod ws_tools;

@@ -107,7 +107,7 @@ async fn sigterm_ends_two_hundred_running_replies_cleanly_and_keeps_their_usage(
 
 /// A raw client that sends a chat whose reply it never reads, with a tiny receive window,
 /// so the server's socket and the connection's actor stall.
-async fn stalled_chatter(addr: &str, token: &str) -> (tokio::net::TcpStream, u16) {
+pub(crate) async fn stalled_chatter(addr: &str, token: &str) -> (tokio::net::TcpStream, u16) {
     use actix_codec::Encoder;
     use actix_http::ws::{Codec, Message};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -145,7 +145,7 @@ async fn stalled_chatter(addr: &str, token: &str) -> (tokio::net::TcpStream, u16
 
 /// Bytes the kernel holds unsent on the server's side of the connection to `client_port`
 /// (`tx_queue` in /proc/net/tcp): how far a non-reading client has backed the server up.
-fn server_send_queue(server_port: u16, client_port: u16) -> u64 {
+pub(crate) fn server_send_queue(server_port: u16, client_port: u16) -> u64 {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     let port_of = |field: &str| {
         field

@@ -276,42 +276,57 @@ impl RegistryState {
         before - self.sessions.len()
     }
 
+    /// A page of sessions, newest first (by start, then id), after the cursor `after`. Runs
+    /// on the thread that hosts the core actors, so it keeps only the page in a bounded heap:
+    /// O(n log limit) and `limit` entries of memory, not a sort of every session.
     pub fn list(
         &self,
         filter: StateFilter,
         after: Option<&(i64, String)>,
         limit: usize,
     ) -> Vec<SessionSummary> {
-        let mut matching: Vec<(&SessionId, &Session)> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| match filter {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if limit == 0 {
+            return Vec::new();
+        }
+        // A min-heap of the newest `limit` so far: its top is the oldest kept.
+        // The id sorts like its text, so the tuple sorts by (start, id).
+        let mut page: BinaryHeap<Reverse<(i64, &SessionId)>> = BinaryHeap::with_capacity(limit + 1);
+        for (id, s) in &self.sessions {
+            let wanted = match filter {
                 StateFilter::All => true,
                 StateFilter::Active => s.attachment.is_some(),
                 StateFilter::Inactive => s.attachment.is_none(),
-            })
-            .filter(|(id, s)| match after {
-                // Newest first: the next page holds what sorts after the cursor.
-                Some((started, last_id)) => {
-                    (s.started_at_ms, id.as_str()) < (*started, last_id.as_str())
-                }
-                None => true,
-            })
-            .collect();
-        matching.sort_unstable_by(|a, b| {
-            (b.1.started_at_ms, b.0.as_str()).cmp(&(a.1.started_at_ms, a.0.as_str()))
-        });
-        matching
+            };
+            let key = (s.started_at_ms, id);
+            // Newest first: the next page holds what sorts after the cursor.
+            let after_cursor = after
+                .is_none_or(|(started, last)| (key.0, id.as_str()) < (*started, last.as_str()));
+            if !wanted || !after_cursor {
+                continue;
+            }
+            if page.len() < limit {
+                page.push(Reverse(key));
+            } else if page.peek().is_some_and(|Reverse(oldest)| key > *oldest) {
+                page.pop();
+                page.push(Reverse(key));
+            }
+        }
+        // Ascending by Reverse is newest first.
+        page.into_sorted_vec()
             .into_iter()
-            .take(limit)
-            .map(|(id, s)| SessionSummary {
-                id: id.to_string(),
-                user: s.user.to_string(),
-                active: s.attachment.is_some(),
-                started_at_ms: s.started_at_ms,
-                ended_at_ms: s.ended_at_ms,
-                messages: s.messages,
-                avg_response_ms: s.avg_response_ms(),
+            .filter_map(|Reverse((_, id))| {
+                let s = self.sessions.get(id)?;
+                Some(SessionSummary {
+                    id: id.to_string(),
+                    user: s.user.to_string(),
+                    active: s.attachment.is_some(),
+                    started_at_ms: s.started_at_ms,
+                    ended_at_ms: s.ended_at_ms,
+                    messages: s.messages,
+                    avg_response_ms: s.avg_response_ms(),
+                })
             })
             .collect()
     }
@@ -475,6 +490,71 @@ mod tests {
             100_000
         );
         assert_eq!(state.stats(), SessionStats::default());
+    }
+
+    /// The listing as it was before the bounded heap: filter, full sort, take.
+    fn list_by_full_sort(
+        state: &RegistryState,
+        filter: StateFilter,
+        after: Option<&(i64, String)>,
+        limit: usize,
+    ) -> Vec<String> {
+        let mut all: Vec<(i64, String, bool)> = state
+            .sessions
+            .iter()
+            .map(|(id, s)| (s.started_at_ms, id.to_string(), s.attachment.is_some()))
+            .filter(|(_, _, active)| match filter {
+                StateFilter::All => true,
+                StateFilter::Active => *active,
+                StateFilter::Inactive => !*active,
+            })
+            .filter(|(started, id, _)| {
+                after.is_none_or(|(s, last)| (*started, id.as_str()) < (*s, last.as_str()))
+            })
+            .collect();
+        all.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+        all.into_iter().take(limit).map(|(_, id, _)| id).collect()
+    }
+
+    #[actix::test]
+    async fn pages_are_the_same_as_with_a_full_sort() {
+        let conn = NullConnection.start().recipient::<CloseConnection>();
+        let mut state = RegistryState::new(limits(), Duration::from_secs(60));
+        for i in 0..500u64 {
+            // Many equal start times, so the id decides the order within them.
+            let (opened, _, _) = state.open(user("u"), None, (i, conn.clone()), (i % 37) as i64);
+            if i % 3 == 0 {
+                state.detach(&opened.id, i, Instant::now(), 0);
+            }
+        }
+        for filter in [StateFilter::All, StateFilter::Active, StateFilter::Inactive] {
+            for limit in [0, 1, 7, 50, 1000] {
+                let mut after: Option<(i64, String)> = None;
+                let mut seen = 0;
+                loop {
+                    let page = state.list(filter, after.as_ref(), limit);
+                    let ids: Vec<String> = page.iter().map(|s| s.id.clone()).collect();
+                    assert_eq!(
+                        ids,
+                        list_by_full_sort(&state, filter, after.as_ref(), limit),
+                        "{filter:?} limit {limit} after {after:?}"
+                    );
+                    seen += page.len();
+                    match page.last() {
+                        Some(last) if limit > 0 => {
+                            after = Some((last.started_at_ms, last.id.clone()))
+                        }
+                        _ => break,
+                    }
+                }
+                let total = list_by_full_sort(&state, filter, None, usize::MAX).len();
+                assert_eq!(
+                    seen,
+                    if limit == 0 { 0 } else { total },
+                    "{filter:?} limit {limit}"
+                );
+            }
+        }
     }
 
     #[derive(Clone, Debug)]

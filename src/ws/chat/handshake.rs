@@ -16,7 +16,7 @@ use crate::auth::authenticate;
 use crate::domain::{SessionId, UserId};
 use crate::error::{AppError, ErrorBody};
 use crate::ws::origin::check_origin;
-use crate::ws::transport::start_counted;
+use crate::ws::transport::{start_watched, SocketShutdown, SocketWatch};
 
 #[derive(Deserialize)]
 struct HandshakeQuery {
@@ -82,14 +82,23 @@ pub async fn handshake(
     let reservation = reserve_slot(&state, &identity.user).await?;
     let max_frame_bytes = state.settings.server.max_frame_bytes;
     let consumed = Arc::new(AtomicU64::new(0));
+    let watch = Arc::new(SocketWatch::new(SocketShutdown::of_request(&req)));
     let connection = WsConnection::new(
         reservation.conn_id(),
         identity.user,
         resume,
         &state,
         consumed.clone(),
+        watch.clone(),
     );
-    let response = start_counted(connection, &req, payload, max_frame_bytes, consumed)?;
+    let response = start_watched(
+        connection,
+        &req,
+        payload,
+        max_frame_bytes,
+        consumed,
+        Some(watch),
+    )?;
     reservation.hand_over();
     Ok(response)
 }
@@ -134,6 +143,7 @@ impl WsConnection {
         resume: Option<SessionId>,
         state: &AppState,
         consumed: Arc<AtomicU64>,
+        watch: Arc<SocketWatch>,
     ) -> WsConnection {
         let settings = &state.settings;
         WsConnection {
@@ -156,6 +166,8 @@ impl WsConnection {
             closing: None,
             produced: 0,
             consumed,
+            watch,
+            watchdog: state.watchdog.clone(),
         }
     }
 }

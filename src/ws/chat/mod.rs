@@ -17,11 +17,14 @@ use tokio::sync::oneshot;
 
 use super::chat_frames::{self, ChatFrame};
 use super::protocol::{ClientFrame, ServerFrame};
-use super::transport::wire_len;
+use super::transport::{wire_len, SocketWatch};
 use crate::actors::connections::{
     CloseConnection, Connections, RegisterConnection, UnregisterConnection,
 };
 use crate::actors::session_registry::{DetachSession, OpenSession, SessionOpened, SessionRegistry};
+use crate::actors::socket_watchdog::{
+    CloseTarget, ExpectClose, SocketSession, SocketWatchdog, WatchSocket, CLOSE_WITHIN,
+};
 use crate::chat::{CancelReason, ChatEvent, ChatPipeline};
 use crate::domain::{ChatId, SessionId, UserId};
 use crate::error::AppError;
@@ -77,6 +80,9 @@ pub struct WsConnection {
     /// client that stopped reading leaves in our memory.
     produced: u64,
     consumed: Arc<AtomicU64>,
+    /// This socket's progress, read by the watchdog, which cuts it if it freezes.
+    watch: Arc<SocketWatch>,
+    watchdog: Addr<SocketWatchdog>,
 }
 
 impl WsConnection {
@@ -115,7 +121,7 @@ impl WsConnection {
                 self.user,
                 silent.as_millis()
             );
-            self.close(ctx, CloseCode::Normal, "client silent past the timeout");
+            self.close(ctx, CloseCode::Policy, "client silent past the timeout");
             return;
         }
         ctx.ping(b"");
@@ -258,6 +264,17 @@ impl WsConnection {
                         resumed: opened.resumed,
                     },
                 );
+                if opened.resumed {
+                    // A socket it took the session from may be frozen and unable to close.
+                    self.watchdog.do_send(ExpectClose {
+                        target: CloseTarget::Session(opened.id.clone()),
+                        within: CLOSE_WITHIN,
+                    });
+                }
+                self.watchdog.do_send(SocketSession {
+                    conn_id: self.conn_id,
+                    session: opened.id.clone(),
+                });
                 self.session = Some(opened.id);
             }
             Err(err) => {
@@ -281,6 +298,11 @@ impl Actor for WsConnection {
             user: self.user.clone(),
             connection: ctx.address().recipient(),
         });
+        self.watchdog.do_send(WatchSocket {
+            conn_id: self.conn_id,
+            user: self.user.clone(),
+            socket: self.watch.clone(),
+        });
         let heartbeat = self.settings.heartbeat;
         ctx.run_interval(heartbeat, |act, ctx| act.heartbeat(ctx));
         let open = OpenSession {
@@ -299,6 +321,7 @@ impl Actor for WsConnection {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.watch.actor_stopped();
         // Running replies notice their closed channels and record themselves as cancelled.
         if let Some(id) = self.session.take() {
             self.registry.do_send(DetachSession {
