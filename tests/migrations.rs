@@ -41,6 +41,22 @@ fn both_backends_have_the_same_migration_names() {
     }
 }
 
+/// Diesel orders and records migrations by the version before the first `_`: two folders
+/// with one version would make one of them silently never run (two branches once both chose
+/// `2026-11-30-000001`).
+#[test]
+fn every_migration_has_its_own_version() {
+    let names = names(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"));
+    let mut versions = BTreeSet::new();
+    for name in &names {
+        let version = name.split('_').next().unwrap_or(name);
+        assert!(
+            versions.insert(version.to_string()),
+            "two migrations share the version {version}: rename one ({name})"
+        );
+    }
+}
+
 fn pool(url: &str) -> DbPool {
     DbPool::new(
         &DatabaseUrl::parse(url),

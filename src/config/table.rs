@@ -143,7 +143,7 @@ declare_settings! {
         /// how often each instance tries a usage collection run
         interval_secs: u64 = 3_600;
             env "CHATGATE_COLLECTOR_INTERVAL_SECS", unit "s", range 1 => SECS;
-        /// raw request rows younger than this are not folded into the rollups yet
+        /// no effect since the fold step was removed; still accepted so existing configurations load
         fold_age_secs: u64 = 300;
             env "CHATGATE_COLLECTOR_FOLD_AGE_SECS", unit "s", range 0 => SECS;
         /// raw request rows older than this are deleted once the rollups count them
