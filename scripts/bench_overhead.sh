@@ -12,8 +12,9 @@
 # BENCH_POSTGRES_URL (or TEST_POSTGRES_URL) is set, in a schema of its own that is dropped after.
 set -euo pipefail
 
-DURATION=10
-RUNS=3
+# BENCH_DURATION / BENCH_RUNS override the run length (s) and count, e.g. for a shorter sitting.
+DURATION=${BENCH_DURATION:-10}
+RUNS=${BENCH_RUNS:-3}
 if [[ "${1:-}" == "--quick" ]]; then
   DURATION=3
   RUNS=1
