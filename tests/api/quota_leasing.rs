@@ -116,8 +116,9 @@ fn start(dir: &std::path::Path, env: &[(&'static str, String)]) -> ServerProcess
     ServerProcess::start(dir, &env)
 }
 
-/// Waits until everything served is settled: `used` reaches `expected` and nothing is held.
-async fn settled(pool: &DbPool, user: &'static str, expected: i64) {
+/// Waits until everything served is settled: `used` reaches `expected`; returns
+/// (used, reserved) then.
+async fn settled(pool: &DbPool, user: &'static str, expected: i64) -> (i64, i64) {
     let pool = pool.clone();
     eventually(
         &format!("{expected} units settled for {user}"),
@@ -132,7 +133,7 @@ async fn settled(pool: &DbPool, user: &'static str, expected: i64) {
             }
         },
     )
-    .await;
+    .await
 }
 
 #[actix_web::test]
@@ -179,11 +180,23 @@ async fn a_lease_holder_killed_with_sigkill_never_lets_the_user_past_the_limit()
     let pool = pool(&url);
     set_limit(&pool, "victim", 50);
     let base = format!("http://{}", first.addr);
-    // Chats one after another make a busy user: the block grows ahead of need.
+    // Chats one after another make a busy user: the block grows ahead of need, until the
+    // database counts units for this instance that no chat has taken yet. `used + reserved`
+    // only grows while it serves (settling moves units from one to the other), so what is
+    // seen here still holds at the kill.
     let client = client();
     let token = token("victim");
+    let spare = |served: i64| {
+        let (used, reserved) = standing(&pool, "victim");
+        used + reserved - served
+    };
     let mut served_first = 0;
-    while served_first < 40 && standing(&pool, "victim").1 < 3 {
+    while spare(served_first) < 3 {
+        assert!(
+            served_first < 40,
+            "after {served_first} chats the instance holds no units ahead of need: {:?}",
+            standing(&pool, "victim")
+        );
         assert_eq!(chat(&client, &base, &token).await, Outcome::Served);
         served_first += 1;
     }
@@ -191,16 +204,22 @@ async fn a_lease_holder_killed_with_sigkill_never_lets_the_user_past_the_limit()
     first.wait_exit(Duration::from_secs(10));
     let (used, reserved) = standing(&pool, "victim");
     assert!(reserved >= 3, "the killed instance held units: {reserved}");
+    let held = used + reserved - served_first;
     assert!(
-        used + reserved >= served_first,
-        "used {used} + reserved {reserved} must cover the {served_first} chats served"
+        held >= 3,
+        "used {used} + reserved {reserved} must cover the {served_first} chats served and \
+         the units the killed instance held ahead of need"
     );
     // The dead instance's units stay counted: the next one serves only what is left.
     let left = 50 - used - reserved;
     let second = start(dir.path(), &env);
     let outcomes = chats_at_once(&format!("http://{}", second.addr), "victim", 100).await;
     assert_eq!(served(&outcomes) as i64, left, "{outcomes:?}");
-    assert!(served_first + left <= 50);
+    assert_eq!(served_first + left, 50 - held, "never past 50");
+    // Once the second instance settled, the dead one's units are still reserved: nobody
+    // hands them back that day.
+    let after = settled(&pool, "victim", used + left).await;
+    assert_eq!(after, (used + left, reserved));
     drop(second);
 }
 

@@ -99,11 +99,19 @@ impl<W> Block<W> {
         self.unsure || self.used != self.acked_used || self.released != self.acked_released
     }
 
+    /// Chats per settle interval to plan for. The smoothed rate only learns at a settle
+    /// tick, so a user who just arrived or sped up would otherwise get blocks of one, a
+    /// database round trip per chat, until the next tick; this interval's count so far is
+    /// a floor that grows the block with every reservation (1, 2, 6, ...).
+    fn demand(&self) -> f64 {
+        self.rate.max(f64::from(self.admits_since_settle))
+    }
+
     /// Units a reservation asks for: enough for about two settle intervals at the user's
     /// rate, but near the limit only a small share of what is left, so other instances
     /// serving the same user are not starved; at least one per waiting chat.
     fn block_size(&self, max_block: i64) -> i64 {
-        let by_rate = (self.rate * 2.0).ceil() as i64;
+        let by_rate = (self.demand() * 2.0).ceil() as i64;
         let left = self.limit.saturating_sub(self.taken_by_all);
         let ahead = by_rate.min(left / NEAR_LIMIT_SHARE).max(1);
         // Chats already waiting are demand, not a forecast: all of them are asked for.
@@ -164,7 +172,8 @@ impl<W> LeaseBook<W> {
         if block.free() > 0 && !block.disabled {
             block.used += 1;
             block.admits_since_settle += 1;
-            let low_water = block.rate.ceil() as i64;
+            // About one settle interval of chats left: the top-up lands before they run out.
+            let low_water = block.demand().ceil() as i64;
             if block.free() <= low_water && !block.exhausted {
                 block.top_up = true;
                 self.top_up_wanted = true;

@@ -125,6 +125,79 @@ fn first_chat_waits_for_one_reservation_and_the_next_do_not() {
     assert!(db.reserved + db.used <= 100);
 }
 
+/// A user chatting back to back, one chat every `gap_ms`, with the actor's timing: a settle
+/// tick (and settling write) every `settle_ms`, a chat without a free unit waits for its
+/// reservation, and a background top-up lands one chat later. Returns, per chat, whether it
+/// waited for the database, and every reservation size asked for.
+fn back_to_back(chats: u32, gap_ms: u64, settle_ms: u64, limit: i64) -> (Vec<bool>, Vec<i64>) {
+    let (mut book, mut db) = (LeaseBook::new(settings()), FakeDb::with_limit(limit));
+    let (u, d) = (user(), day(10));
+    let (mut waited, mut asked) = (Vec::new(), Vec::new());
+    let mut in_flight: Option<Batch> = None;
+    let mut next_tick = settle_ms;
+    let mut write = |book: &mut LeaseBook<u32>, batch: Batch, now: u64| {
+        asked.extend(batch.writes.iter().map(|w| w.reserve).filter(|&r| r > 0));
+        let states = db.write(1, &batch);
+        book.batch_done(batch, Ok(states), now)
+    };
+    for i in 0..chats {
+        let now = u64::from(i) * gap_ms;
+        if let Some(batch) = in_flight.take() {
+            assert!(write(&mut book, batch, now).is_empty());
+        }
+        let mut settle = false;
+        while now >= next_tick {
+            book.tick();
+            next_tick += settle_ms;
+            settle = true;
+        }
+        match book.admit(&u, d, now) {
+            Admission::Taken => {
+                waited.push(false);
+                if book.wants_write_now() || settle {
+                    in_flight = book.next_batch(d, now, settle);
+                }
+            }
+            Admission::NeedsReservation => {
+                waited.push(true);
+                book.wait(&u, d, i, now);
+                let batch = book.next_batch(d, now, settle).expect("a reservation");
+                let answers = write(&mut book, batch, now);
+                assert!(matches!(answers[..], [(w, Ok(QuotaTake::Taken))] if w == i));
+            }
+            Admission::Refused(err) => panic!("chat {i} refused: {err:?}"),
+        }
+    }
+    (waited, asked)
+}
+
+#[test]
+fn a_steady_back_to_back_user_gets_blocks_larger_than_one_before_the_first_settle_tick() {
+    // 40 chats 1 ms apart with a 100 ms settle interval: all before the first tick, as a
+    // fast server serves a user chatting one chat after another.
+    let (waited, asked) = back_to_back(40, 1, 100, 1_000);
+    let waits = waited.iter().filter(|w| **w).count();
+    assert!(
+        waits <= 3,
+        "{waits} of 40 chats waited for the database: {waited:?}"
+    );
+    assert!(asked.iter().any(|&k| k > 1), "blocks asked for: {asked:?}");
+    // Over a few settle intervals the blocks keep up without chats waiting.
+    let (waited, asked) = back_to_back(400, 1, 100, 100_000);
+    let waits = waited.iter().filter(|w| **w).count();
+    assert!(waits <= 3, "{waits} of 400 chats waited: {asked:?}");
+    assert!(
+        asked.iter().any(|&k| k >= 64),
+        "blocks reach the cap: {asked:?}"
+    );
+    // A rare user (a chat every ten settle intervals) still gets blocks of one.
+    let (_, asked) = back_to_back(20, 1_000, 100, 1_000);
+    assert!(
+        asked.iter().all(|&k| k == 1),
+        "rare user asked for {asked:?}"
+    );
+}
+
 #[test]
 fn the_limit_holds_and_the_rest_are_refused_with_it() {
     let (mut book, mut db) = (LeaseBook::new(settings()), FakeDb::with_limit(3));
