@@ -457,7 +457,11 @@ mod tests {
         assert!(committed
             .iter()
             .all(|b| b.len() <= MAX_ROWS_PER_TRANSACTION));
-        assert_eq!(committed.len(), 3, "{requests} rows (+ rollups, sessions) in three");
+        assert_eq!(
+            committed.len(),
+            3,
+            "{requests} rows (+ rollups, sessions) in three"
+        );
         for batch in &committed {
             let keys: Vec<(i64, &str)> = batch
                 .rollups
