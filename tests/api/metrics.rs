@@ -6,9 +6,9 @@ use chatgate::db::queries::usage;
 
 use crate::helpers::{
     eventually, require_postgres, run_chats, spawn_app_with, spawn_with_settings, test_settings,
-    Backend, TestApp, TestDatabase,
+    Backend, TestApp,
 };
-use crate::tcp_proxy::TcpProxy;
+use crate::tcp_proxy::postgres_behind_proxy;
 use crate::ws_client::{connect_with, ConnectOptions, Incoming, WsClient};
 
 async fn stored_counts(app: &TestApp) -> (i64, i64) {
@@ -213,17 +213,7 @@ async fn live_feed_pushes_a_metrics_frame_every_second() {
 #[actix_web::test]
 #[ignore = "needs TEST_POSTGRES_URL"]
 async fn database_outage_degrades_chats_and_loses_no_usage() {
-    let base = require_postgres();
-    let database = TestDatabase::new(Backend::Postgres);
-    let target: std::net::SocketAddr = "127.0.0.1:5432".parse().expect("addr");
-    let proxy = TcpProxy::start(target);
-    let via_proxy = database
-        .url
-        .replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1);
-    assert_ne!(
-        via_proxy, database.url,
-        "TEST_POSTGRES_URL must point at 127.0.0.1:5432: {base}"
-    );
+    let (database, proxy, via_proxy) = postgres_behind_proxy();
     let mut settings = test_settings(&via_proxy);
     settings.limits.user_rate_limit = 10_000;
     settings.timers.flush_interval_ms = 1_000;

@@ -67,3 +67,20 @@ impl TcpProxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// A fresh PostgreSQL schema reached through a [`TcpProxy`] the test can cut: the database,
+/// the proxy, and the URL that goes through it. Panics without `TEST_POSTGRES_URL`.
+pub fn postgres_behind_proxy() -> (crate::helpers::TestDatabase, TcpProxy, String) {
+    let base = crate::helpers::require_postgres();
+    let database = crate::helpers::TestDatabase::new(crate::helpers::Backend::Postgres);
+    let target: std::net::SocketAddr = "127.0.0.1:5432".parse().expect("addr");
+    let proxy = TcpProxy::start(target);
+    let via_proxy = database
+        .url
+        .replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1);
+    assert_ne!(
+        via_proxy, database.url,
+        "TEST_POSTGRES_URL must point at 127.0.0.1:5432: {base}"
+    );
+    (database, proxy, via_proxy)
+}
