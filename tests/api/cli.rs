@@ -389,16 +389,7 @@ fn serve_dev_hands_its_secret_over_in_a_private_file_and_lifts_the_user_limits()
 fn websocket_access_log_reports_the_connection_lifetime_not_a_latency() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_remove("CHATGATE_CONFIG")
-        .env("CHATGATE_JWT_SECRET", TEST_SECRET)
-        .env("CHATGATE_BIND", "127.0.0.1:0")
-        .env("DATABASE_URL", dir.path().join("serve.db"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let mut child = crate::process::serve_command(dir.path())
         .spawn()
         .expect("spawn serve");
     let stderr = child.stderr.take().expect("stderr");

@@ -2,12 +2,11 @@
 //! database is away and right after it comes back (issue 13).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{eventually, spawn_with_settings, test_settings, TestApp, TEST_SECRET};
+use crate::helpers::{eventually, spawn_with_settings, test_settings, TestApp};
 use crate::tcp_proxy::{postgres_behind_proxy, TcpProxy};
 
 async fn proxied_app() -> (TestApp, TcpProxy) {
@@ -95,17 +94,9 @@ fn probe(addr: &str) -> u16 {
 fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
     let (_database, proxy, url) = postgres_behind_proxy();
     let dir = tempfile::tempdir().expect("dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_remove("CHATGATE_CONFIG")
-        .env("CHATGATE_JWT_SECRET", TEST_SECRET)
-        .env("CHATGATE_BIND", "127.0.0.1:0")
+    let mut child = crate::process::serve_command(dir.path())
         .env("DATABASE_URL", &url)
         .env("CHATGATE_DB_CONNECT_TIMEOUT_MS", "600")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn serve");
     let stderr = child.stderr.take().expect("stderr");

@@ -7,6 +7,22 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::TEST_SECRET;
 
+/// `chatgate serve` in `dir` with a valid secret, port 0, SQLite file `serve.db` there, `info`
+/// logs on a piped stderr and no config file; callers add or override environment on top.
+pub fn serve_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+    cmd.arg("serve")
+        .current_dir(dir)
+        .env_remove("CHATGATE_CONFIG")
+        .env("CHATGATE_JWT_SECRET", TEST_SECRET)
+        .env("CHATGATE_BIND", "127.0.0.1:0")
+        .env("DATABASE_URL", dir.join("serve.db"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 pub struct ServerProcess {
     pub child: Child,
     pub addr: String,
@@ -16,16 +32,7 @@ impl ServerProcess {
     /// Starts `serve` in `dir` (SQLite file `serve.db` there) with `env` on top of a valid
     /// secret and port 0, and returns once it logged its address.
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
-        cmd.arg("serve")
-            .current_dir(dir)
-            .env_remove("CHATGATE_CONFIG")
-            .env("CHATGATE_JWT_SECRET", TEST_SECRET)
-            .env("CHATGATE_BIND", "127.0.0.1:0")
-            .env("DATABASE_URL", dir.join("serve.db"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut cmd = serve_command(dir);
         for (key, value) in env {
             cmd.env(key, value);
         }
