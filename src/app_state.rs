@@ -7,11 +7,13 @@ use std::sync::Arc;
 use actix::Addr;
 use tokio::sync::watch;
 
+use crate::actors::cluster_bus::ClusterBus;
 use crate::actors::collector::Collector;
 use crate::actors::connections::Connections;
 use crate::actors::db_flusher::DbFlusher;
 use crate::actors::history_cache::HistoryCache;
 use crate::actors::live_feed::LiveFeed;
+use crate::actors::membership::Membership;
 use crate::actors::metrics::MetricsAggregator;
 use crate::actors::origins::Origins;
 use crate::actors::quota_leases::QuotaLeases;
@@ -21,6 +23,7 @@ use crate::actors::session_registry::SessionRegistry;
 use crate::actors::socket_watchdog::SocketWatchdog;
 use crate::auth::JwtKeys;
 use crate::chat::ChatPipeline;
+use crate::cluster::RedisLink;
 use crate::config::Settings;
 use crate::db::DbPool;
 
@@ -36,6 +39,14 @@ pub struct FeedLimits {
 pub struct GuardLimiters {
     pub admins: Addr<RateLimiter>,
     pub auth_failures: Addr<RateLimiter>,
+}
+
+/// Cluster mode's handles (`CHATGATE_REDIS_URL` set); `None` runs one instance on its own.
+#[derive(Clone)]
+pub struct ClusterHandles {
+    pub link: RedisLink,
+    pub bus: Addr<ClusterBus>,
+    pub membership: Addr<Membership>,
 }
 
 pub struct AppState {
@@ -58,6 +69,7 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     pub collector: Addr<Collector>,
     pub watchdog: Addr<SocketWatchdog>,
+    pub cluster: Option<ClusterHandles>,
 }
 
 impl AppState {

@@ -3,6 +3,7 @@ pub mod app_state;
 pub mod auth;
 pub mod chat;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod domain;

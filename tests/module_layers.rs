@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("memory", 0),
     ("config", 1),
     ("db", 2),
+    ("cluster", 2),
     ("auth", 2),
     ("actors", 3),
     ("chat", 4),

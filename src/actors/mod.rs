@@ -1,10 +1,12 @@
 //! One actor per concern; state lives inside its actor and leaves only as owned snapshots.
 
+pub mod cluster_bus;
 pub mod collector;
 pub mod connections;
 pub mod db_flusher;
 pub mod history_cache;
 pub mod live_feed;
+pub mod membership;
 pub mod metrics;
 pub mod origins;
 pub mod quota_leases;

@@ -166,5 +166,8 @@ declare_settings! {
         instance_id: String = default_instance_id();
             env "CHATGATE_INSTANCE_ID", unit "name", check check_instance_id,
             readme "host name + random suffix";
+        /// the prefix of every Redis key and channel (deployments sharing one Redis differ)
+        redis_key_prefix: Option<String> = None;
+            env "CHATGATE_REDIS_KEY_PREFIX", unit "text", readme "`chatgate:<db>:`";
     }
 }

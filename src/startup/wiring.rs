@@ -6,11 +6,13 @@ use std::time::Duration;
 use actix::Actor;
 use tokio::sync::watch;
 
+use crate::actors::cluster_bus::ClusterBus;
 use crate::actors::collector::{Collector, DbCollectorStore};
 use crate::actors::connections::Connections;
 use crate::actors::db_flusher::{DbBatchWriter, DbFlusher, FlusherSettings};
 use crate::actors::history_cache::HistoryCache;
 use crate::actors::live_feed::{FeedSettings, LiveFeed};
+use crate::actors::membership::Membership;
 use crate::actors::metrics::MetricsAggregator;
 use crate::actors::origins::Origins;
 use crate::actors::quota_leases::QuotaLeases;
@@ -18,9 +20,10 @@ use crate::actors::rate_limiter::RateLimiter;
 use crate::actors::report::ReportSources;
 use crate::actors::session_registry::{HistoryLimits, SessionRegistry};
 use crate::actors::socket_watchdog::{SocketWatchdog, WatchdogLimits};
-use crate::app_state::{AppState, FeedLimits, GuardLimiters};
+use crate::app_state::{AppState, ClusterHandles, FeedLimits, GuardLimiters};
 use crate::auth::JwtKeys;
 use crate::chat::ChatPipeline;
+use crate::cluster::RedisLink;
 use crate::config::Settings;
 use crate::db::{retry::Backoff, DbPool};
 use crate::providers::ModelCatalog;
@@ -45,6 +48,7 @@ pub(super) fn start_actors(
 ) -> anyhow::Result<AppState> {
     let timers = &settings.timers;
     let limits = &settings.limits;
+    let cluster = start_cluster(&settings)?;
     let flusher = DbFlusher::new(
         Arc::new(DbBatchWriter { db: pool.clone() }),
         FlusherSettings {
@@ -165,5 +169,26 @@ pub(super) fn start_actors(
         shutdown,
         collector,
         watchdog,
+        cluster,
     })
+}
+
+/// Cluster mode's link, bus and membership, when `CHATGATE_REDIS_URL` is set. Redis need not
+/// answer yet: the instance starts degraded and joins when it does.
+fn start_cluster(settings: &Settings) -> anyhow::Result<Option<ClusterHandles>> {
+    let Some(url) = settings.cluster.redis_url.as_deref() else {
+        return Ok(None);
+    };
+    let link = RedisLink::connect(
+        url,
+        &settings.cluster.instance_id,
+        settings.cluster.redis_key_prefix.as_deref(),
+    )?;
+    let bus = ClusterBus::new(link.clone()).start();
+    let membership = Membership::new(link.clone(), bus.clone()).start();
+    Ok(Some(ClusterHandles {
+        link,
+        bus,
+        membership,
+    }))
 }

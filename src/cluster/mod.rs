@@ -1,0 +1,149 @@
+//! Cluster mode's link to Redis: one multiplexed connection (redis-rs `ConnectionManager`,
+//! which reconnects on its own), the key namespace, and whether Redis answers right now.
+//!
+//! Redis is never the system of record. Every concern that keeps shared state there has a
+//! local fallback, and asks [`RedisLink::is_up`] before each use: while Redis is down no
+//! request waits on a timeout, and the membership heartbeat (`actors::membership`) flips the
+//! link back up within a second of Redis answering again.
+
+pub mod health;
+pub mod keys;
+pub mod protocol;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisError;
+
+pub use health::{HealthTransition, RedisHealth, RedisHealthCell};
+pub use keys::KeySpace;
+
+/// How long one Redis command may take before the link counts as down. Redis answers a
+/// healthy request in well under a millisecond; a quarter second means a cut network, not load.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a (re)connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Redis was not asked (it is down) or did not answer in time; the caller uses its local
+/// fallback.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("redis unavailable: {0}")]
+pub struct RedisUnavailable(pub String);
+
+impl From<RedisError> for RedisUnavailable {
+    fn from(err: RedisError) -> Self {
+        RedisUnavailable(err.to_string())
+    }
+}
+
+/// A handle to the cluster's Redis; cheap to clone (the connection is multiplexed).
+#[derive(Clone)]
+pub struct RedisLink {
+    conn: ConnectionManager,
+    client: redis::Client,
+    keys: KeySpace,
+    instance: Arc<str>,
+    health: Arc<RedisHealthCell>,
+}
+
+impl RedisLink {
+    /// Builds the link without waiting for Redis: an instance starts (degraded) while Redis
+    /// is down and joins when it answers.
+    /// `prefix` replaces the default key prefix `chatgate:<db>:`.
+    pub fn connect(url: &str, instance: &str, prefix: Option<&str>) -> anyhow::Result<RedisLink> {
+        let client =
+            redis::Client::open(url).map_err(|err| anyhow::anyhow!("CHATGATE_REDIS_URL: {err}"))?;
+        let keys = match prefix {
+            Some(prefix) => KeySpace::with_prefix(prefix),
+            None => KeySpace::for_database(client.get_connection_info().redis_settings().db()),
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|err| anyhow::anyhow!("CHATGATE_REDIS_URL: {err}"))?;
+        Ok(RedisLink {
+            conn,
+            client,
+            keys,
+            instance: Arc::from(instance),
+            health: Arc::new(RedisHealthCell::new()),
+        })
+    }
+
+    pub fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    /// This instance's id (`CHATGATE_INSTANCE_ID`).
+    pub fn instance(&self) -> &Arc<str> {
+        &self.instance
+    }
+
+    /// A fresh client for connections that cannot share the multiplexed one (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    pub fn health(&self) -> RedisHealth {
+        self.health.get()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.health.get() == RedisHealth::Up
+    }
+
+    /// Records what a probe learned; returns the transition, if any, so the prober logs it
+    /// once per outage.
+    pub fn record_probe(&self, answered: bool) -> Option<HealthTransition> {
+        self.health.set(if answered {
+            RedisHealth::Up
+        } else {
+            RedisHealth::Down
+        })
+    }
+
+    /// Runs one request (a command, a pipeline, a script) if Redis is up:
+    /// `link.run(|mut conn| async move { cmd.query_async(&mut conn).await })`.
+    /// A connection fault marks the link down at once, so the following requests take their
+    /// fallback without waiting; the membership heartbeat brings it back up.
+    pub async fn run<T, F, Fut>(&self, request: F) -> Result<T, RedisUnavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.is_up() {
+            return Err(RedisUnavailable("redis is down".into()));
+        }
+        self.run_even_if_down(request).await
+    }
+
+    /// Like [`run`](Self::run), also while the link is down: for the heartbeat probe.
+    pub async fn run_even_if_down<T, F, Fut>(&self, request: F) -> Result<T, RedisUnavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match request(self.conn.clone()).await {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                if is_connection_fault(&err) {
+                    self.health.set(RedisHealth::Down);
+                }
+                Err(err.into())
+            }
+        }
+    }
+}
+
+/// Errors that say Redis is unreachable, as opposed to a bad script or a wrong type.
+fn is_connection_fault(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_unrecoverable_error()
+}
