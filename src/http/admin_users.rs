@@ -5,10 +5,12 @@ use actix_web::{get, put, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::actors::cluster_bus::TellOthers;
 use crate::actors::connections::CloseUserConnections;
 use crate::actors::socket_watchdog::{CloseTarget, ExpectClose, CLOSE_WITHIN};
 use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
+use crate::cluster::protocol::Command;
 use crate::db::models::UserRow;
 use crate::db::queries::users::{self, UserChange};
 use crate::db::queries::{now_ms, quota};
@@ -289,9 +291,16 @@ pub async fn put_user(
         });
         // A socket frozen on a client that stopped reading cannot close itself.
         state.watchdog.do_send(ExpectClose {
-            target: CloseTarget::User(id),
+            target: CloseTarget::User(id.clone()),
             within: CLOSE_WITHIN,
         });
+        // The user's sockets on the other instances: each closes its own (and has its
+        // watchdog cut the frozen ones) when the word arrives over the bus.
+        if let Some(cluster) = &state.cluster {
+            cluster.bus.do_send(TellOthers(Command::CloseUserSockets {
+                user_id: id.as_str().to_string(),
+            }));
+        }
     }
     let view = UserView::new(row, used, state.settings.limits.daily_quota);
     Ok(HttpResponse::Ok()

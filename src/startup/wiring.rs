@@ -3,16 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
+use actix::{Actor, Addr};
 use tokio::sync::watch;
 
-use crate::actors::cluster_bus::ClusterBus;
+use crate::actors::cluster_bus::{ClusterBus, RouteCommands};
 use crate::actors::collector::{Collector, DbCollectorStore};
-use crate::actors::connections::Connections;
+use crate::actors::connections::{Connections, RedisSlots};
 use crate::actors::db_flusher::{DbBatchWriter, DbFlusher, FlusherSettings};
 use crate::actors::history_cache::HistoryCache;
 use crate::actors::live_feed::{FeedSettings, LiveFeed};
-use crate::actors::membership::Membership;
+use crate::actors::membership::{Membership, NotifyOnRejoin};
 use crate::actors::metrics::MetricsAggregator;
 use crate::actors::origins::Origins;
 use crate::actors::quota_leases::QuotaLeases;
@@ -23,6 +23,7 @@ use crate::actors::socket_watchdog::{SocketWatchdog, WatchdogLimits};
 use crate::app_state::{AppState, ClusterHandles, FeedLimits, GuardLimiters};
 use crate::auth::JwtKeys;
 use crate::chat::ChatPipeline;
+use crate::cluster::protocol::CommandKind;
 use crate::cluster::RedisLink;
 use crate::config::Settings;
 use crate::db::{retry::Backoff, DbPool};
@@ -70,23 +71,33 @@ pub(super) fn start_actors(
         flusher.clone(),
     )
     .start();
+    // In cluster mode the limits hold for all instances together (windows in Redis).
+    let shared_link = cluster.as_ref().map(|cluster| &cluster.link);
     let user_window = Duration::from_secs(limits.user_rate_window_secs);
-    let user_limiter =
-        RateLimiter::new("users", limits.user_rate_limit, user_window, user_window).start();
+    let user_limiter = RateLimiter::for_cluster(
+        "users",
+        limits.user_rate_limit,
+        user_window,
+        user_window,
+        shared_link,
+    )
+    .start();
     let admin_window = Duration::from_secs(limits.admin_rate_window_secs);
     let guard = GuardLimiters {
-        admins: RateLimiter::new(
+        admins: RateLimiter::for_cluster(
             "admins",
             limits.admin_rate_limit,
             admin_window,
             admin_window,
+            shared_link,
         )
         .start(),
-        auth_failures: RateLimiter::new(
+        auth_failures: RateLimiter::for_cluster(
             "auth_failures",
             limits.auth_failure_limit,
             AUTH_FAILURE_WINDOW,
             AUTH_FAILURE_WINDOW,
+            shared_link,
         )
         .start(),
     };
@@ -98,7 +109,18 @@ pub(super) fn start_actors(
     .start();
     let metrics =
         MetricsAggregator::new(settings.telemetry.recent_requests, flusher.clone()).start();
-    let connections = Connections::new(limits.user_max_connections).start();
+    let heartbeat = Duration::from_secs(timers.heartbeat_secs);
+    let watchdog = SocketWatchdog::new(
+        WatchdogLimits {
+            // A live socket's actor runs at least every heartbeat, which is shorter.
+            frozen_after: Duration::from_secs(timers.client_timeout_secs),
+            close_flush: Duration::from_secs(1),
+        },
+        heartbeat.min(Duration::from_secs(1)) / 2,
+        registry.clone(),
+    )
+    .start();
+    let connections = start_connections(&settings, cluster.as_ref(), &watchdog);
     let sources = ReportSources {
         metrics: metrics.clone(),
         registry: registry.clone(),
@@ -139,17 +161,6 @@ pub(super) fn start_actors(
         std::rc::Rc::new(DbCollectorStore { db: pool.clone() }),
     )
     .start();
-    let heartbeat = Duration::from_secs(timers.heartbeat_secs);
-    let watchdog = SocketWatchdog::new(
-        WatchdogLimits {
-            // A live socket's actor runs at least every heartbeat, which is shorter.
-            frozen_after: Duration::from_secs(timers.client_timeout_secs),
-            close_flush: Duration::from_secs(1),
-        },
-        heartbeat.min(Duration::from_secs(1)) / 2,
-        registry.clone(),
-    )
-    .start();
     Ok(AppState {
         settings,
         db: pool,
@@ -171,6 +182,31 @@ pub(super) fn start_actors(
         watchdog,
         cluster,
     })
+}
+
+/// The open connections and the per-user cap: over the whole cluster in cluster mode, where
+/// they also close a disabled user's sockets when another instance says so.
+fn start_connections(
+    settings: &Settings,
+    cluster: Option<&ClusterHandles>,
+    watchdog: &Addr<SocketWatchdog>,
+) -> Addr<Connections> {
+    let connections = Connections::new(settings.limits.user_max_connections)
+        .with_watchdog(watchdog.clone().recipient());
+    let Some(cluster) = cluster else {
+        return connections.start();
+    };
+    let connections = connections
+        .with_shared(Box::new(RedisSlots::new(cluster.link.clone())))
+        .start();
+    cluster.bus.do_send(RouteCommands {
+        kind: CommandKind::CloseUserSockets,
+        to: connections.clone().recipient(),
+    });
+    cluster
+        .membership
+        .do_send(NotifyOnRejoin(connections.clone().recipient()));
+    connections
 }
 
 /// Cluster mode's link, bus and membership, when `CHATGATE_REDIS_URL` is set. Redis need not

@@ -1,125 +1,9 @@
-//! The open chat connections: who is connected, so an admin can close a user's sockets and
-//! shutdown can close them all. Closes go out to each connection's mailbox without waiting
-//! on any of them.
+//! This instance's open connections and the per-user cap counted over them.
 
 use std::collections::HashMap;
 
-use actix::prelude::*;
-
-use crate::domain::{CancelReason, UserId};
-
-/// Told to a socket actor (chat or feed): close with `code`. With `cancel_replies`, running
-/// replies are cancelled first and their final frames sent before the close (bounded by a
-/// grace period). Defined here, below the sockets, so the actors that close them need
-/// nothing from the transport.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub struct CloseConnection {
-    pub code: u16,
-    pub reason: String,
-    pub cancel_replies: Option<CancelReason>,
-}
-
-/// Holds a slot for `user` before the upgrade, so the per-user cap is decided once, here,
-/// and two concurrent handshakes cannot both take the last slot.
-#[derive(Message)]
-#[rtype(result = "ConnectionAdmission")]
-pub struct ReserveConnection {
-    pub user: UserId,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum ConnectionAdmission {
-    /// The slot is held under `conn_id` until `UnregisterConnection`.
-    Reserved { conn_id: u64 },
-    /// `user` already has `open` connections (open or being opened), the cap.
-    Full { open: usize },
-}
-
-/// The socket under a reserved `conn_id` is running; without a reservation it is counted
-/// all the same.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RegisterConnection {
-    pub conn_id: u64,
-    pub user: UserId,
-    pub connection: Recipient<CloseConnection>,
-}
-
-/// The socket ended, or its handshake did not upgrade: its slot is free.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct UnregisterConnection {
-    pub conn_id: u64,
-}
-
-/// Closes every connection of `user` (e.g. the user was disabled); returns how many.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CloseUserConnections {
-    pub user: UserId,
-    pub code: u16,
-    pub reason: String,
-}
-
-/// Closes every connection at once (shutdown): running replies end with `unavailable`
-/// before the close. Returns how many were told.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CloseAllConnections {
-    pub code: u16,
-    pub reason: String,
-}
-
-/// Open sockets (reserved slots of handshakes still in progress not included).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct GetConnectionCount;
-
-/// A slot reserved for a handshake. Dropped before `hand_over` — the upgrade failed, or the
-/// handshake was abandoned — it frees the slot; after `hand_over` the socket actor frees it
-/// when it stops.
-pub struct Reservation {
-    conn_id: u64,
-    connections: Option<Addr<Connections>>,
-}
-
-impl Reservation {
-    /// Asks `connections` for a slot of `user`; `None` when the user is at the cap.
-    pub async fn take(
-        connections: &Addr<Connections>,
-        user: UserId,
-    ) -> Result<Option<Reservation>, MailboxError> {
-        Ok(match connections.send(ReserveConnection { user }).await? {
-            ConnectionAdmission::Reserved { conn_id } => Some(Reservation {
-                conn_id,
-                connections: Some(connections.clone()),
-            }),
-            ConnectionAdmission::Full { .. } => None,
-        })
-    }
-
-    pub fn conn_id(&self) -> u64 {
-        self.conn_id
-    }
-
-    /// The socket actor now owns the slot: it registers under `conn_id` when it starts and
-    /// unregisters when it stops.
-    pub fn hand_over(mut self) {
-        self.connections = None;
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if let Some(connections) = self.connections.take() {
-            // do_send: a release must not be lost to a full mailbox, or the slot leaks.
-            connections.do_send(UnregisterConnection {
-                conn_id: self.conn_id,
-            });
-        }
-    }
-}
+use super::ConnectionAdmission;
+use crate::domain::UserId;
 
 struct Slot<C> {
     user: UserId,
@@ -172,10 +56,9 @@ impl<C> ConnectionsState<C> {
         }
     }
 
-    pub fn unregister(&mut self, conn_id: u64) {
-        let Some(slot) = self.open.remove(&conn_id) else {
-            return;
-        };
+    /// Frees the slot; returns its user, or `None` for an id not held (already freed).
+    pub fn unregister(&mut self, conn_id: u64) -> Option<UserId> {
+        let slot = self.open.remove(&conn_id)?;
         if slot.connection.is_some() {
             self.registered -= 1;
         }
@@ -190,6 +73,22 @@ impl<C> ConnectionsState<C> {
         if self.open.capacity() > 1024 && self.open.len() < self.open.capacity() / 4 {
             self.open.shrink_to(self.open.capacity() / 2);
         }
+        Some(slot.user)
+    }
+
+    /// Whether `conn_id` holds a slot (reserved or running).
+    pub fn holds(&self, conn_id: u64) -> bool {
+        self.open.contains_key(&conn_id)
+    }
+
+    /// The slot ids (reserved or running) of `user`.
+    pub fn ids_of(&self, user: &UserId) -> Vec<u64> {
+        self.by_user.get(user).cloned().unwrap_or_default()
+    }
+
+    /// Every user with a slot here.
+    pub fn users(&self) -> impl Iterator<Item = &UserId> {
+        self.by_user.keys()
     }
 
     /// Connections of `user`, open or being opened.
@@ -240,95 +139,6 @@ impl<C> ConnectionsState<C> {
                 connection: None,
             },
         );
-    }
-}
-
-pub struct Connections {
-    state: ConnectionsState<Recipient<CloseConnection>>,
-}
-
-impl Connections {
-    /// `max_per_user`: `limits.user_max_connections`.
-    pub fn new(max_per_user: u32) -> Connections {
-        Connections {
-            state: ConnectionsState::new(max_per_user),
-        }
-    }
-}
-
-impl Actor for Connections {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(65_536);
-        log::info!("event=actor_started actor=connections");
-    }
-}
-
-impl Handler<ReserveConnection> for Connections {
-    type Result = MessageResult<ReserveConnection>;
-
-    fn handle(&mut self, msg: ReserveConnection, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.reserve(&msg.user))
-    }
-}
-
-impl Handler<RegisterConnection> for Connections {
-    type Result = ();
-
-    fn handle(&mut self, msg: RegisterConnection, _: &mut Context<Self>) {
-        self.state.register(msg.conn_id, msg.user, msg.connection);
-    }
-}
-
-impl Handler<UnregisterConnection> for Connections {
-    type Result = ();
-
-    fn handle(&mut self, msg: UnregisterConnection, _: &mut Context<Self>) {
-        self.state.unregister(msg.conn_id);
-    }
-}
-
-impl Handler<CloseUserConnections> for Connections {
-    type Result = usize;
-
-    fn handle(&mut self, msg: CloseUserConnections, _: &mut Context<Self>) -> usize {
-        let close = CloseConnection {
-            code: msg.code,
-            reason: msg.reason,
-            cancel_replies: None,
-        };
-        // try_send: a connection with a full mailbox is already overwhelmed; its heartbeat
-        // will close it, and this actor must not wait on it.
-        self.state
-            .of_user(&msg.user)
-            .filter(|connection| connection.try_send(close.clone()).is_ok())
-            .count()
-    }
-}
-
-impl Handler<CloseAllConnections> for Connections {
-    type Result = usize;
-
-    fn handle(&mut self, msg: CloseAllConnections, _: &mut Context<Self>) -> usize {
-        // do_send: a shutdown close must reach even a connection whose mailbox is full. No
-        // connection is awaited, so one slow client cannot hold up the others.
-        for connection in self.state.all() {
-            connection.do_send(CloseConnection {
-                code: msg.code,
-                reason: msg.reason.clone(),
-                cancel_replies: Some(CancelReason::Shutdown),
-            });
-        }
-        self.state.count()
-    }
-}
-
-impl Handler<GetConnectionCount> for Connections {
-    type Result = usize;
-
-    fn handle(&mut self, _: GetConnectionCount, _: &mut Context<Self>) -> usize {
-        self.state.count()
     }
 }
 
