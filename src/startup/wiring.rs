@@ -6,13 +6,13 @@ use std::time::Duration;
 use actix::Actor;
 use tokio::sync::watch;
 
-use crate::actors::cluster_bus::ClusterBus;
+use crate::actors::cluster_bus::{ClusterBus, RouteCommands};
 use crate::actors::collector::{Collector, DbCollectorStore};
 use crate::actors::connections::Connections;
 use crate::actors::db_flusher::{DbBatchWriter, DbFlusher, FlusherSettings};
 use crate::actors::history_cache::HistoryCache;
 use crate::actors::live_feed::{FeedSettings, LiveFeed};
-use crate::actors::membership::Membership;
+use crate::actors::membership::{Membership, NotifyOnRejoin};
 use crate::actors::metrics::MetricsAggregator;
 use crate::actors::origins::Origins;
 use crate::actors::quota_leases::QuotaLeases;
@@ -23,8 +23,10 @@ use crate::actors::socket_watchdog::{SocketWatchdog, WatchdogLimits};
 use crate::app_state::{AppState, ClusterHandles, FeedLimits, GuardLimiters};
 use crate::auth::JwtKeys;
 use crate::chat::ChatPipeline;
+use crate::cluster::protocol::CommandKind;
 use crate::cluster::RedisLink;
 use crate::config::Settings;
+use crate::db::queries::origins::StoredOrigins;
 use crate::db::{retry::Backoff, DbPool};
 use crate::providers::ModelCatalog;
 
@@ -39,12 +41,19 @@ const HISTORY_CACHE_ENTRIES: std::num::NonZeroUsize = match std::num::NonZeroUsi
 };
 const HISTORY_CACHE_TTL: Duration = Duration::from_secs(3);
 
+/// How often each instance rereads the allowed origins from the database. Changes normally
+/// arrive at once (the instance's own, or the bus's notice); this only bounds how late a
+/// notice lost to a Redis outage can be — rejoining rereads too — at one cheap query per
+/// period.
+const ORIGINS_RELOAD: Duration = Duration::from_secs(30);
+
 /// Starts every actor on the current arbiter and returns the shared state.
 pub(super) fn start_actors(
     settings: Arc<Settings>,
     pool: DbPool,
     jwt: JwtKeys,
     shutdown: watch::Receiver<bool>,
+    origins: &StoredOrigins,
 ) -> anyhow::Result<AppState> {
     let timers = &settings.timers;
     let limits = &settings.limits;
@@ -105,7 +114,17 @@ pub(super) fn start_actors(
         flusher: flusher.clone(),
         connections: connections.clone(),
     };
-    let origins = Origins::new(&settings.server.allowed_origins).start();
+    let origins = Origins::new(origins, pool.clone(), ORIGINS_RELOAD).start();
+    if let Some(cluster) = &cluster {
+        // Another instance's change arrives as a notice to reread the database.
+        cluster.bus.do_send(RouteCommands {
+            kind: CommandKind::OriginsChanged,
+            to: origins.clone().recipient(),
+        });
+        cluster
+            .membership
+            .do_send(NotifyOnRejoin(origins.clone().recipient()));
+    }
     let live_feed = LiveFeed::new(
         sources,
         FeedSettings {
