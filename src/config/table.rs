@@ -79,7 +79,7 @@ declare_settings! {
         /// listen address; `:PORT` means all interfaces; port 0 picks a free port
         bind: String = "127.0.0.1:8080".to_string();
             env "CHATGATE_BIND", unit "address", check check_bind;
-        /// comma list of browser origins allowed to open WebSockets (`*` = any)
+        /// comma list of browser origins allowed to open WebSockets (`*` = any); seeds the stored list once
         allowed_origins: Vec<String> = Vec::new();
             env "CHATGATE_ALLOWED_ORIGINS", unit "origins", check check_origins;
         /// largest client frame / HTTP JSON body

@@ -91,6 +91,22 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    allowed_origins_list (id) {
+        id -> BigInt,
+        version -> BigInt,
+        updated_at -> BigInt,
+        updated_by -> Text,
+    }
+}
+
+diesel::table! {
+    allowed_origins (origin) {
+        origin -> Text,
+        position -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     quota_usage,
@@ -100,4 +116,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     flush_batches,
     collector_lease,
     collector_runs,
+    allowed_origins_list,
+    allowed_origins,
 );

@@ -102,12 +102,20 @@ impl Application {
             settings.auth.jwt_issuer.as_deref(),
         );
 
+        // Before the first handshake can be checked: the stored list, seeded from the setting
+        // on the first start.
+        let origins =
+            crate::actors::origins::load_at_start(&pool, &settings.server.allowed_origins)
+                .await
+                .context("cannot load the allowed origins from the database")?;
+
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = web::Data::new(start_actors(
             settings.clone(),
             pool,
             jwt.clone(),
             shutdown_rx.clone(),
+            &origins,
         )?);
 
         let listener = TcpListener::bind(settings.bind_addr())

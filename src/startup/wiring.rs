@@ -26,6 +26,7 @@ use crate::chat::ChatPipeline;
 use crate::cluster::protocol::CommandKind;
 use crate::cluster::RedisLink;
 use crate::config::Settings;
+use crate::db::queries::origins::StoredOrigins;
 use crate::db::{retry::Backoff, DbPool};
 use crate::providers::ModelCatalog;
 
@@ -40,12 +41,19 @@ const HISTORY_CACHE_ENTRIES: std::num::NonZeroUsize = match std::num::NonZeroUsi
 };
 const HISTORY_CACHE_TTL: Duration = Duration::from_secs(3);
 
+/// How often each instance rereads the allowed origins from the database. Changes normally
+/// arrive at once (the instance's own, or the bus's notice); this only bounds how late a
+/// notice lost to a Redis outage can be — rejoining rereads too — at one cheap query per
+/// period.
+const ORIGINS_RELOAD: Duration = Duration::from_secs(30);
+
 /// Starts every actor on the current arbiter and returns the shared state.
 pub(super) fn start_actors(
     settings: Arc<Settings>,
     pool: DbPool,
     jwt: JwtKeys,
     shutdown: watch::Receiver<bool>,
+    origins: &StoredOrigins,
 ) -> anyhow::Result<AppState> {
     let timers = &settings.timers;
     let limits = &settings.limits;
@@ -127,7 +135,17 @@ pub(super) fn start_actors(
         flusher: flusher.clone(),
         connections: connections.clone(),
     };
-    let origins = Origins::new(&settings.server.allowed_origins).start();
+    let origins = Origins::new(origins, pool.clone(), ORIGINS_RELOAD).start();
+    if let Some(cluster) = &cluster {
+        // Another instance's change arrives as a notice to reread the database.
+        cluster.bus.do_send(RouteCommands {
+            kind: CommandKind::OriginsChanged,
+            to: origins.clone().recipient(),
+        });
+        cluster
+            .membership
+            .do_send(NotifyOnRejoin(origins.clone().recipient()));
+    }
     let live_feed = LiveFeed::new(
         sources,
         FeedSettings {

@@ -467,6 +467,150 @@ async fn origins_update_applies_to_the_next_handshake() {
     );
 }
 
+/// 101 when a chat WebSocket from a page at `origin` opens, else the refusal's status.
+async fn handshake_status(app: &TestApp, origin: &str) -> u16 {
+    let token = app.user_token("alice");
+    let options = ConnectOptions {
+        token: Some(&token),
+        origin: Some(origin),
+        ..Default::default()
+    };
+    match connect_with(app, options).await {
+        Ok(client) => {
+            client.close().await;
+            101
+        }
+        Err(status) => status,
+    }
+}
+
+/// Stops `app` gracefully and starts a new one on the same database, with settings from
+/// `configure`.
+async fn restart(app: TestApp, configure: fn(&mut chatgate::config::Settings)) -> TestApp {
+    let TestApp {
+        shutdown,
+        stopped,
+        database,
+        ..
+    } = app;
+    shutdown.trigger();
+    let result = tokio::time::timeout(Duration::from_secs(15), stopped).await;
+    assert!(matches!(result, Ok(Ok(Ok(())))), "clean shutdown");
+    let mut settings = test_settings(&database.url);
+    configure(&mut settings);
+    spawn_with_settings(settings, database).await
+}
+
+fn old_origin_setting(s: &mut chatgate::config::Settings) {
+    s.server.allowed_origins = vec!["https://old.test".into()];
+}
+
+#[actix_web::test]
+async fn origins_set_by_put_survive_a_restart_and_outrank_the_setting() {
+    let app = spawn_app_with(Backend::Sqlite, old_origin_setting).await;
+    let admin = app.admin_token("ops");
+    // The first start stores the setting's list.
+    assert_eq!(
+        send(&app, "GET", "/admin/origins", &admin, None, None)
+            .await
+            .1,
+        json!({"origins": ["https://old.test"]})
+    );
+    let (status, body, _) = send(
+        &app,
+        "PUT",
+        "/admin/origins",
+        &admin,
+        Some(json!({"origins": ["https://New.test", "https://second.test"]})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The setting still names the old origin; the stored list is what counts.
+    let app = restart(app, old_origin_setting).await;
+    assert_eq!(
+        send(&app, "GET", "/admin/origins", &admin, None, None)
+            .await
+            .1,
+        json!({"origins": ["https://new.test", "https://second.test"]})
+    );
+    assert_eq!(handshake_status(&app, "https://new.test").await, 101);
+    assert_eq!(handshake_status(&app, "https://second.test").await, 101);
+    assert_eq!(handshake_status(&app, "https://old.test").await, 403);
+
+    // An empty list is a list an admin set, not a first start: the setting does not come back.
+    let (status, body, _) = send(
+        &app,
+        "PUT",
+        "/admin/origins",
+        &admin,
+        Some(json!({"origins": []})),
+        None,
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"origins": []})));
+    let app = restart(app, old_origin_setting).await;
+    assert_eq!(
+        send(&app, "GET", "/admin/origins", &admin, None, None)
+            .await
+            .1,
+        json!({"origins": []})
+    );
+    assert_eq!(handshake_status(&app, "https://old.test").await, 403);
+    assert_eq!(handshake_status(&app, "https://new.test").await, 403);
+}
+
+#[actix_web::test]
+async fn an_origins_write_the_database_refuses_is_a_503_and_changes_nothing() {
+    let app = spawn_app_with(Backend::Sqlite, old_origin_setting).await;
+    let admin = app.admin_token("ops");
+    // Fails the transaction at its last statement, after the version and the old rows were
+    // already touched: all of it must roll back.
+    app.query(|conn| {
+        conn.batch_execute(
+            "CREATE TRIGGER refuse_origins BEFORE INSERT ON allowed_origins \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+    })
+    .await;
+    let (status, body, _) = send(
+        &app,
+        "PUT",
+        "/admin/origins",
+        &admin,
+        Some(json!({"origins": ["https://new.test"]})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("nothing was changed"), "{message}");
+    assert!(
+        !message.contains("refused by the test"),
+        "no internals: {message}"
+    );
+
+    assert_eq!(handshake_status(&app, "https://old.test").await, 101);
+    assert_eq!(handshake_status(&app, "https://new.test").await, 403);
+    let stored = app
+        .query(chatgate::db::queries::origins::load_origins)
+        .await
+        .expect("a stored list");
+    assert_eq!(stored.version, 1, "the version did not move");
+    assert_eq!(stored.origins, ["https://old.test"]);
+
+    app.query(|conn| conn.batch_execute("DROP TRIGGER refuse_origins"))
+        .await;
+    assert_eq!(
+        send(&app, "GET", "/admin/origins", &admin, None, None)
+            .await
+            .1,
+        json!({"origins": ["https://old.test"]})
+    );
+}
+
 fn echo_model(name: &str, delay_ms: u64) -> ModelSettings {
     ModelSettings {
         name: name.into(),

@@ -5,6 +5,7 @@ mod chat_ws;
 mod cli;
 mod client_address;
 mod cluster_limits;
+mod cluster_origins;
 mod cluster_support;
 mod collector;
 mod connection_cap;

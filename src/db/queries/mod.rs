@@ -3,6 +3,7 @@
 
 pub mod collector;
 pub mod history;
+pub mod origins;
 pub mod quota;
 pub mod sessions;
 pub mod usage;

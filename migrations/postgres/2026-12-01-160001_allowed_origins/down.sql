@@ -1,0 +1,2 @@
+DROP TABLE allowed_origins;
+DROP TABLE allowed_origins_list;
