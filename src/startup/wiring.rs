@@ -104,6 +104,8 @@ pub(super) fn start_actors(
         registry: registry.clone(),
         flusher: flusher.clone(),
         connections: connections.clone(),
+        membership: cluster.as_ref().map(|c| c.membership.clone()),
+        instance: Arc::from(settings.cluster.instance_id.as_str()),
     };
     let origins = Origins::new(&settings.server.allowed_origins).start();
     let live_feed = LiveFeed::new(
