@@ -5,6 +5,7 @@ mod chat_ws;
 mod cli;
 mod client_address;
 mod cluster_support;
+mod cluster_views;
 mod collector;
 mod connection_cap;
 mod dashboard;
