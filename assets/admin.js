@@ -230,6 +230,7 @@ function render(frame) {
   renderCharts();
   renderRecent(frame);
   renderHealth(frame);
+  renderInstances(frame);
   $('#generated').textContent = `updated ${clock(frame.generated_at_ms)}`;
 }
 
@@ -325,6 +326,31 @@ function renderHealth(frame) {
   fillCard('#hub', h, hubWhy);
 }
 
+// Each instance of the cluster (one without Redis): how recently it was heard from and its own
+// connections, sessions and flusher. The totals above add them all up.
+function renderInstances(frame) {
+  const cluster = frame.cluster || {};
+  const redis = cluster.redis === 'off' ? 'single instance (no Redis)' : `Redis ${cluster.redis ?? '?'}`;
+  $('#cluster-state').textContent = `${redis} · ${num(cluster.instances)} live`;
+  const rows = Object.entries(frame.instances || {}).map(([id, m]) => el('tr', { 'data-instance': id },
+    el('td', {}, id),
+    el('td', { 'data-label': 'Seen' }, `${(Number(m.seen_ms_ago ?? 0) / 1000).toFixed(1)} s ago`),
+    el('td', { 'data-label': 'Connections' }, num(m.hub?.connections)),
+    el('td', { 'data-label': 'Sessions' }, `${num(m.sessions?.active)} / ${num(m.sessions?.total)}`),
+    el('td', { 'data-label': 'Buffered' }, num(m.flusher?.buffered)),
+    el('td', { 'data-label': 'Dropped' }, num(m.flusher?.dropped)),
+    el('td', { 'data-label': 'Last error' }, m.flusher?.last_error || 'none')));
+  if (!rows.length) rows.push(el('tr', { class: 'empty' }, el('td', { colspan: 7 }, 'no instances')));
+  $('#instances tbody').replaceChildren(...rows);
+  const card = $('#instances-card');
+  const why = cluster.redis === 'down'
+    ? ['Redis is down: showing this instance only, limits and sessions are per instance'] : [];
+  card.classList.toggle('warn', why.length > 0);
+  const line = $('.why', card);
+  line.hidden = why.length === 0;
+  line.textContent = why.join(' · ');
+}
+
 function fillCard(selector, values, why) {
   const card = $(selector);
   for (const dd of card.querySelectorAll('dd')) {
@@ -362,8 +388,10 @@ function record(frame) {
   // Requests/s from how much the day window grew since the last frame. The minute window
   // cannot give this: it also loses its oldest second every frame. The day window only loses
   // requests when an hour ends, so a frame across an hour boundary gets no rate (a gap beats
-  // a false dip).
-  const comparable = previous && t > previous.t
+  // a false dip). Likewise when an instance joins or leaves the cluster: the totals jump by
+  // its whole day at once.
+  const members = Object.keys(frame.instances || {}).sort().join(' ');
+  const comparable = previous && t > previous.t && previous.members === members
     && Math.floor(previous.t / 3600000) === Math.floor(t / 3600000);
   const day = {};
   for (const [model, windows] of Object.entries(frame.models)) {
@@ -375,7 +403,7 @@ function record(frame) {
       if (grown >= 0) point.rps[model] = grown / ((t - previous.t) / 1000);
     }
   }
-  previous = { t, day };
+  previous = { t, day, members };
   points.push(point);
   while (points.length && points[0].t < t - HISTORY_MS) points.shift();
 }

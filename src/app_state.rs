@@ -80,6 +80,8 @@ impl AppState {
             registry: self.registry.clone(),
             flusher: self.flusher.clone(),
             connections: self.connections.clone(),
+            membership: self.cluster.as_ref().map(|c| c.membership.clone()),
+            instance: Arc::from(self.settings.cluster.instance_id.as_str()),
         }
     }
 }

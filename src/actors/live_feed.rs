@@ -1,6 +1,9 @@
 //! The admins' live metrics feed: who subscribes, one report a tick serialized once and
 //! offered to every subscriber's mailbox without waiting; a slow subscriber costs itself
 //! frames, never the feed its loop.
+//!
+//! In cluster mode the same tick also hands this instance's snapshot to `Membership`, which
+//! publishes it with its next heartbeat: the numbers every instance's reports add up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +13,8 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::connections::CloseConnection;
-use super::report::ReportSources;
+use super::membership::SetOwnSnapshot;
+use super::report::{AdminMetrics, ClusterNumbers, ReportSources, PUBLISHED_RECENT};
 
 /// One frame of the live metrics feed, serialized once for every subscriber.
 #[derive(Message, Clone)]
@@ -186,20 +190,43 @@ impl LiveFeed {
         }
     }
 
-    /// Gathers one report and offers the same serialized frame to every subscriber.
-    fn broadcast(&mut self, ctx: &mut Context<Self>) {
-        if self.state.is_empty() || self.gathering {
+    /// Gathers this instance's numbers once: publishes them to the cluster (cluster mode),
+    /// and, when someone watches, adds the peers' and offers the same serialized frame to
+    /// every subscriber.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let publish = self.sources.membership.is_some();
+        let watched = !self.state.is_empty();
+        if !(publish || watched) || self.gathering {
             return;
         }
         self.gathering = true;
         let sources = self.sources.clone();
         let feed_stats = self.state.stats();
         let recent = self.settings.recent_requests;
-        let gather = async move { sources.gather(recent, feed_stats).await };
+        let gather = async move {
+            let own = sources.local(recent, feed_stats).await?;
+            if let Some(membership) = &sources.membership {
+                let mut published = own.clone();
+                published.metrics.recent.truncate(PUBLISHED_RECENT);
+                match serde_json::to_value(&published) {
+                    // do_send: a lost snapshot is replaced by the next one a second later.
+                    Ok(json) => membership.do_send(SetOwnSnapshot(json)),
+                    Err(err) => log::error!("event=snapshot_encode_failed error={err}"),
+                }
+            }
+            if !watched {
+                return Ok(None);
+            }
+            let view = sources.cluster_view().await?;
+            Ok::<_, crate::error::AppError>(Some(
+                ClusterNumbers::new(&sources.instance, own, view).report(recent),
+            ))
+        };
         ctx.spawn(gather.into_actor(self).map(|report, act, _| {
             act.gathering = false;
             let report = match report {
-                Ok(report) => report,
+                Ok(Some(report)) => report,
+                Ok(None) => return,
                 Err(err) => return log::warn!("event=feed_gather_failed error={err}"),
             };
             match feed_frame(&report) {
@@ -223,7 +250,7 @@ impl LiveFeed {
 }
 
 /// The report as a feed frame: its JSON object with `"type":"metrics"` added.
-fn feed_frame(report: &super::report::AdminMetrics) -> Option<Arc<str>> {
+fn feed_frame(report: &AdminMetrics) -> Option<Arc<str>> {
     match serde_json::to_value(report) {
         Ok(serde_json::Value::Object(mut object)) => {
             object.insert("type".into(), serde_json::Value::from("metrics"));
@@ -238,7 +265,7 @@ impl Actor for LiveFeed {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(65_536);
-        ctx.run_interval(self.settings.interval, |act, ctx| act.broadcast(ctx));
+        ctx.run_interval(self.settings.interval, |act, ctx| act.tick(ctx));
         log::info!("event=actor_started actor=live_feed");
     }
 }

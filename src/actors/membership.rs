@@ -24,6 +24,8 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug, Serialize)]
 pub struct PeerView {
     pub instance: String,
+    /// Since its last heartbeat, at the time of the [`GetClusterView`] (by this instance's
+    /// clock against the one that wrote the heartbeat).
     pub seen_ms_ago: u64,
     /// What that instance last published (see [`SetOwnSnapshot`]); `None` if it expired.
     pub snapshot: Option<serde_json::Value>,
@@ -56,11 +58,36 @@ pub struct RedisRejoined;
 #[rtype(result = "()")]
 pub struct NotifyOnRejoin(pub Recipient<RedisRejoined>);
 
+/// An instance as read by the last successful heartbeat.
+#[derive(Clone, Debug)]
+struct Peer {
+    instance: String,
+    seen_at_ms: i64,
+    snapshot: Option<serde_json::Value>,
+}
+
+/// The view at `now_ms`: instances not seen for [`DEAD_AFTER`] are left out even between
+/// heartbeats, and while Redis is not up only `me` is shown (the others' entries are stale).
+fn view_at(peers: &[Peer], redis: RedisHealth, me: &str, now_ms: i64) -> ClusterView {
+    let dead_before = now_ms - DEAD_AFTER.as_millis() as i64;
+    let instances = peers
+        .iter()
+        .filter(|peer| redis == RedisHealth::Up || peer.instance == me)
+        .filter(|peer| peer.instance == me || peer.seen_at_ms >= dead_before)
+        .map(|peer| PeerView {
+            instance: peer.instance.clone(),
+            seen_ms_ago: (now_ms - peer.seen_at_ms).max(0) as u64,
+            snapshot: peer.snapshot.clone(),
+        })
+        .collect();
+    ClusterView { redis, instances }
+}
+
 pub struct Membership {
     link: RedisLink,
     bus: Addr<ClusterBus>,
     own_snapshot: Option<String>,
-    peers: Vec<PeerView>,
+    peers: Vec<Peer>,
     on_rejoin: Vec<Recipient<RedisRejoined>>,
     beating: bool,
 }
@@ -123,9 +150,9 @@ impl Membership {
             let peers = live
                 .into_iter()
                 .zip(snapshots.into_iter().chain(std::iter::repeat(None)))
-                .map(|((instance, seen_ms), snapshot)| PeerView {
+                .map(|((instance, seen_at_ms), snapshot)| Peer {
                     instance,
-                    seen_ms_ago: (now_ms - seen_ms).max(0) as u64,
+                    seen_at_ms,
                     snapshot: snapshot.and_then(|json| serde_json::from_str(&json).ok()),
                 })
                 .collect::<Vec<_>>();
@@ -176,18 +203,12 @@ impl Handler<GetClusterView> for Membership {
     type Result = MessageResult<GetClusterView>;
 
     fn handle(&mut self, _: GetClusterView, _: &mut Context<Self>) -> Self::Result {
-        let redis = self.link.health();
-        let instances = if redis == RedisHealth::Up {
-            self.peers.clone()
-        } else {
-            // While Redis is down the others' snapshots are stale; show this instance alone.
-            self.peers
-                .iter()
-                .filter(|peer| *peer.instance == **self.link.instance())
-                .cloned()
-                .collect()
-        };
-        MessageResult(ClusterView { redis, instances })
+        MessageResult(view_at(
+            &self.peers,
+            self.link.health(),
+            self.link.instance(),
+            chrono::Utc::now().timestamp_millis(),
+        ))
     }
 }
 
@@ -204,5 +225,43 @@ impl Handler<NotifyOnRejoin> for Membership {
 
     fn handle(&mut self, msg: NotifyOnRejoin, _: &mut Context<Self>) {
         self.on_rejoin.push(msg.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(instance: &str, seen_at_ms: i64) -> Peer {
+        Peer {
+            instance: instance.into(),
+            seen_at_ms,
+            snapshot: Some(serde_json::json!({ "from": instance })),
+        }
+    }
+
+    fn names(view: &ClusterView) -> Vec<(&str, u64)> {
+        view.instances
+            .iter()
+            .map(|p| (p.instance.as_str(), p.seen_ms_ago))
+            .collect()
+    }
+
+    #[test]
+    fn seen_ms_ago_is_counted_at_the_query_and_the_dead_leave_between_heartbeats() {
+        let peers = [peer("me", 10_000), peer("a", 9_500), peer("b", 6_000)];
+        let view = view_at(&peers, RedisHealth::Up, "me", 10_400);
+        assert_eq!(names(&view), [("me", 400), ("a", 900), ("b", 4_400)]);
+        // 5 s after its heartbeat "b" is dead, even though no heartbeat removed it yet.
+        let later = view_at(&peers, RedisHealth::Up, "me", 11_001);
+        assert_eq!(names(&later), [("me", 1_001), ("a", 1_501)]);
+    }
+
+    #[test]
+    fn while_redis_is_down_only_this_instance_is_shown() {
+        let peers = [peer("me", 10_000), peer("a", 10_000)];
+        let view = view_at(&peers, RedisHealth::Down, "me", 30_000);
+        assert_eq!(view.redis, RedisHealth::Down);
+        assert_eq!(names(&view), [("me", 20_000)]);
     }
 }

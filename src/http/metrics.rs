@@ -4,16 +4,12 @@ use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::actors::connections::GetConnectionCount;
-use crate::actors::db_flusher::GetFlusherStats;
 use crate::actors::live_feed::GetFeedStats;
-use crate::actors::metrics::GetLifetimeCounters;
-use crate::actors::report::{AdminMetrics, HubStats};
-use crate::actors::session_registry::GetSessionStats;
+use crate::actors::report::AdminMetrics;
 use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
 use crate::error::{AppError, ErrorBody};
-use crate::http::metrics_render::{render, PrometheusSnapshot};
+use crate::http::metrics_render::render;
 use crate::http::openapi::AdminRefusals;
 
 #[derive(Deserialize, IntoParams)]
@@ -23,7 +19,8 @@ pub struct MetricsQuery {
     recent: Option<usize>,
 }
 
-/// A JSON snapshot of usage, sessions, the flusher, open connections and the live feed.
+/// A JSON snapshot of usage, sessions, the flusher, open connections and the live feed, over
+/// every live instance of the cluster, with each instance's own numbers in `instances`.
 #[utoipa::path(
     tag = "admin",
     security(("bearer_jwt" = [])),
@@ -53,7 +50,8 @@ pub async fn admin_metrics(
     Ok(HttpResponse::Ok().json(report))
 }
 
-/// Prometheus text exposition (lifetime counters, sessions, connections, flusher).
+/// Prometheus text exposition: this instance's series with an `instance` label, and the
+/// cluster's totals (`chatgate_cluster_…`) over every live instance.
 #[utoipa::path(
     tag = "admin",
     security(("bearer_jwt" = [])),
@@ -68,24 +66,13 @@ pub async fn prometheus(
     _admin: AdminIdentity,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let (lifetime, sessions, flusher, connections, feed) = futures_util::future::join5(
-        state.metrics.send(GetLifetimeCounters),
-        state.registry.send(GetSessionStats),
-        state.flusher.send(GetFlusherStats),
-        state.connections.send(GetConnectionCount),
-        state.live_feed.send(GetFeedStats),
-    )
-    .await;
-    let snapshot = PrometheusSnapshot {
-        lifetime: lifetime.map_err(|e| AppError::unavailable_mailbox("metrics_aggregator", e))?,
-        sessions: sessions.map_err(|e| AppError::unavailable_mailbox("session_registry", e))?,
-        flusher: flusher.map_err(|e| AppError::unavailable_mailbox("db_flusher", e))?,
-        hub: HubStats::new(
-            connections.map_err(|e| AppError::unavailable_mailbox("connections", e))?,
-            feed.map_err(|e| AppError::unavailable_mailbox("live_feed", e))?,
-        ),
-    };
+    let feed = state
+        .live_feed
+        .send(GetFeedStats)
+        .await
+        .map_err(|e| AppError::unavailable_mailbox("live_feed", e))?;
+    let numbers = state.report_sources().gather_cluster(0, feed).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(render(&snapshot)))
+        .body(render(&numbers)))
 }

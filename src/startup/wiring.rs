@@ -134,6 +134,8 @@ pub(super) fn start_actors(
         registry: registry.clone(),
         flusher: flusher.clone(),
         connections: connections.clone(),
+        membership: cluster.as_ref().map(|c| c.membership.clone()),
+        instance: Arc::from(settings.cluster.instance_id.as_str()),
     };
     let origins = Origins::new(origins, pool.clone(), ORIGINS_RELOAD).start();
     if let Some(cluster) = &cluster {

@@ -70,6 +70,11 @@ async fn prometheus_counter_matches_chats_served() {
     let app = spawn_app_with(Backend::Sqlite, |s| s.limits.user_rate_limit = 10_000).await;
     assert_eq!(run_chats(&app, 3, 7).await, 21);
     let admin = app.admin_token("ops");
+    // This instance's series carry its id; alone, the cluster's totals are its own.
+    let own = format!(
+        r#"chatgate_requests_total{{instance="{}",model="echo",outcome="ok"}} 21"#,
+        app.state.settings.cluster.instance_id
+    );
     let text = eventually(
         "the aggregator has every record",
         Duration::from_secs(5),
@@ -77,13 +82,17 @@ async fn prometheus_counter_matches_chats_served() {
             let client = app.client();
             let url = app.url("/metrics");
             let admin = admin.clone();
+            let own = own.clone();
             async move {
                 let mut resp = client.get(url).bearer_auth(admin).send().await.ok()?;
                 assert_eq!(resp.status(), 200);
                 let body = resp.body().await.ok()?;
                 let text = String::from_utf8(body.to_vec()).ok()?;
-                text.contains(r#"chatgate_requests_total{model="echo",outcome="ok"} 21"#)
-                    .then_some(text)
+                (text.lines().any(|l| l == own)
+                    && text.contains(
+                        r#"chatgate_cluster_requests_total{model="echo",outcome="ok"} 21"#,
+                    ))
+                .then_some(text)
             }
         },
     )

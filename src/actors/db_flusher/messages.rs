@@ -35,7 +35,8 @@ pub struct Shutdown;
 #[rtype(result = "FlusherStats")]
 pub struct GetFlusherStats;
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+/// Also read back from other instances' snapshots (cluster views), hence `Deserialize`.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FlusherStats {
     pub buffered: usize,
     pub written: u64,

@@ -1,6 +1,10 @@
 //! A latency histogram with log-linear buckets (16 per power of two): constant memory,
 //! mergeable by addition, and any percentile it reports is within one bucket's width
 //! (≤ 6.25 % of the value) of the exact one.
+//!
+//! Cluster mode publishes histograms in each instance's snapshot: serialized as the list of
+//! non-empty buckets `[[index, count], …]` (a latency distribution fills a few dozen of the
+//! buckets), and merged by adding counts, so a cluster percentile is as exact as a local one.
 
 /// Values below this are counted exactly, one bucket each.
 const LINEAR: u64 = 16;
@@ -49,6 +53,37 @@ pub fn bucket_bounds(index: usize) -> (u64, u64) {
     let width = 1u64 << (octave - SUB_BITS);
     let low = (1u64 << octave) + sub * width;
     (low, low + width)
+}
+
+/// The wire form: non-empty buckets only.
+impl serde::Serialize for Histogram {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let filled = self.counts.iter().filter(|&&c| c > 0).count();
+        let mut seq = serializer.serialize_seq(Some(filled))?;
+        for (index, &count) in self.counts.iter().enumerate() {
+            if count > 0 {
+                seq.serialize_element(&(index, count))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+/// Reads the wire form; buckets this build does not have are dropped rather than refusing a
+/// peer's whole snapshot (the snapshot's version says when the layout changes).
+impl<'de> serde::Deserialize<'de> for Histogram {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<(usize, u32)>::deserialize(deserializer)?;
+        let mut histogram = Histogram::default();
+        for (index, count) in pairs {
+            if let Some(bucket) = histogram.counts.get_mut(index) {
+                *bucket = bucket.saturating_add(count);
+                histogram.total += u64::from(count);
+            }
+        }
+        Ok(histogram)
+    }
 }
 
 impl Histogram {
@@ -172,6 +207,22 @@ mod tests {
         assert_eq!(cumulative[&4], 3); // 0, 1, 3
         assert_eq!(cumulative[&128], 5);
         assert_eq!(cumulative[&8192], 6);
+    }
+
+    #[test]
+    fn wire_form_lists_only_filled_buckets_and_reads_back_equal() {
+        let mut histogram = Histogram::default();
+        for v in [0, 3, 3, 100, 5000, u64::MAX] {
+            histogram.record(v);
+        }
+        let json = serde_json::to_value(&histogram).expect("serialize");
+        assert_eq!(json.as_array().map(Vec::len), Some(5), "{json}");
+        let back: Histogram = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, histogram);
+        // A bucket index from a different layout is dropped, not an error.
+        let odd: Histogram =
+            serde_json::from_str(&format!("[[1,2],[{},5]]", BUCKETS + 3)).expect("tolerant");
+        assert_eq!(odd.count(), 2);
     }
 
     proptest! {

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde::Serialize;
 
-use super::state::{LifetimeCounters, MetricsSnapshot};
+use super::state::{MetricsParts, MetricsSnapshot};
 use crate::db::models::RequestRow;
 use crate::domain::{SessionId, UserId};
 use crate::error::ErrorCode;
@@ -62,9 +62,13 @@ pub struct GetMetricsSnapshot {
     pub recent_limit: usize,
 }
 
+/// This instance's mergeable numbers (raw windows, since-start counters, refusals) and its
+/// `recent_limit` newest requests: what the cluster views add up.
 #[derive(Message)]
-#[rtype(result = "LifetimeCounters")]
-pub struct GetLifetimeCounters;
+#[rtype(result = "MetricsParts")]
+pub struct GetMetricsParts {
+    pub recent_limit: usize,
+}
 
 /// The stored form of a request record; written here so the database layer needs nothing
 /// from the actors.

@@ -7,10 +7,10 @@ pub mod state;
 
 use actix::prelude::*;
 
-pub use messages::{
-    GetLifetimeCounters, GetMetricsSnapshot, Outcome, RecordRejection, RecordRequest,
+pub use messages::{GetMetricsParts, GetMetricsSnapshot, Outcome, RecordRejection, RecordRequest};
+pub use state::{
+    AggregatorState, MetricsParts, MetricsSnapshot, RawWindows, Stats, WindowSummary, Windows,
 };
-pub use state::{AggregatorState, LifetimeCounters, MetricsSnapshot, WindowSummary, Windows};
 
 use crate::actors::db_flusher::{DbFlusher, EnqueueRequest};
 use crate::db::models::RequestRow;
@@ -82,10 +82,10 @@ impl Handler<GetMetricsSnapshot> for MetricsAggregator {
     }
 }
 
-impl Handler<GetLifetimeCounters> for MetricsAggregator {
-    type Result = MessageResult<GetLifetimeCounters>;
+impl Handler<GetMetricsParts> for MetricsAggregator {
+    type Result = MessageResult<GetMetricsParts>;
 
-    fn handle(&mut self, _: GetLifetimeCounters, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.lifetime())
+    fn handle(&mut self, msg: GetMetricsParts, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.parts(now_secs(), msg.recent_limit))
     }
 }

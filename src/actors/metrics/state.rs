@@ -1,22 +1,27 @@
 //! The aggregator's numbers: per model and in total, three rolling windows (a minute of
 //! seconds, an hour of minutes, a day of hours) plus lifetime counters, all kept as sums and
-//! counts so every average is weighted and windows merge exactly.
+//! counts so every average is weighted and windows merge exactly — also across instances:
+//! [`MetricsParts`] is what one instance contributes to the cluster's numbers.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::histogram::Histogram;
 use super::messages::{Outcome, RecordRequest};
 use crate::error::ErrorCode;
 
-/// Additive counters for a span of time.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Additive counters for a span of time. Serialized into cluster snapshots, so every field is
+/// a sum (or a histogram of counts) that merges by addition.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     pub requests: u64,
     pub errors: u64,
     pub cancelled: u64,
+    #[serde(deserialize_with = "known_codes")]
     pub errors_by_code: BTreeMap<ErrorCode, u64>,
     pub tokens_in: u64,
     pub tokens_out: u64,
@@ -41,7 +46,7 @@ impl Stats {
         self.latency.record(record.latency_ms);
     }
 
-    fn merge(&mut self, other: &Stats) {
+    pub fn merge(&mut self, other: &Stats) {
         self.requests += other.requests;
         self.errors += other.errors;
         self.cancelled += other.cancelled;
@@ -83,6 +88,19 @@ impl Stats {
     }
 }
 
+/// A peer running a newer build may report an error code this one does not know: its count
+/// stays in `errors`, only its line in `errors_by_code` is left out.
+fn known_codes<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<ErrorCode, u64>, D::Error> {
+    let raw = BTreeMap::<String, u64>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(code, n)| {
+            let code: ErrorCode = serde_json::from_value(serde_json::Value::String(code)).ok()?;
+            Some((code, n))
+        })
+        .collect())
+}
+
 fn round1(value: f64) -> f64 {
     (value * 10.0).round() / 10.0
 }
@@ -105,6 +123,32 @@ pub struct Windows {
     pub minute: WindowSummary,
     pub hour: WindowSummary,
     pub day: WindowSummary,
+}
+
+/// The raw counters behind [`Windows`]: what instances exchange, since summaries (averages,
+/// percentiles) do not add up but these do.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawWindows {
+    pub minute: Stats,
+    pub hour: Stats,
+    pub day: Stats,
+}
+
+impl RawWindows {
+    pub fn merge(&mut self, other: &RawWindows) {
+        self.minute.merge(&other.minute);
+        self.hour.merge(&other.hour);
+        self.day.merge(&other.day);
+    }
+
+    pub fn summary(&self) -> Windows {
+        Windows {
+            minute: self.minute.summary(),
+            hour: self.hour.summary(),
+            day: self.day.summary(),
+        }
+    }
 }
 
 /// Fixed slots of `slot_secs` each; a slot is reset when its time comes round again.
@@ -173,16 +217,20 @@ impl ModelStats {
     }
 
     fn windows(&self, now_secs: u64) -> Windows {
-        Windows {
-            minute: self.minute.merged(now_secs).summary(),
-            hour: self.hour.merged(now_secs).summary(),
-            day: self.day.merged(now_secs).summary(),
+        self.raw_windows(now_secs).summary()
+    }
+
+    fn raw_windows(&self, now_secs: u64) -> RawWindows {
+        RawWindows {
+            minute: self.minute.merged(now_secs),
+            hour: self.hour.merged(now_secs),
+            day: self.day.merged(now_secs),
         }
     }
 }
 
 /// One line of the recent-requests list on the dashboard.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RecentRequest {
     pub at_ms: i64,
     pub user: String,
@@ -191,7 +239,7 @@ pub struct RecentRequest {
     pub latency_ms: u64,
     /// `ok`, `cancelled` or an error code.
     #[schema(value_type = String)]
-    pub outcome: &'static str,
+    pub outcome: Cow<'static, str>,
     pub tokens_in: u64,
     pub tokens_out: u64,
 }
@@ -205,11 +253,43 @@ pub struct MetricsSnapshot {
     pub recent: Vec<RecentRequest>,
 }
 
-/// Since-start counters for Prometheus.
-#[derive(Clone, Debug, Default)]
-pub struct LifetimeCounters {
-    pub models: BTreeMap<String, Stats>,
-    pub rejected: BTreeMap<ErrorCode, u64>,
+/// What one instance contributes to the cluster's numbers (published in its snapshot each
+/// second): raw windows and since-start counters per model, refusals by code, and its newest
+/// requests. Totals are not sent: they are the sum over models.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsParts {
+    pub models: BTreeMap<String, RawWindows>,
+    /// Since start, per model (Prometheus counters).
+    pub lifetime: BTreeMap<String, Stats>,
+    /// Chats refused at admission since start, by code.
+    pub rejected: BTreeMap<String, u64>,
+    /// Newest first.
+    pub recent: Vec<RecentRequest>,
+}
+
+impl MetricsParts {
+    /// Every model's windows added up.
+    pub fn totals(&self) -> RawWindows {
+        let mut totals = RawWindows::default();
+        for windows in self.models.values() {
+            totals.merge(windows);
+        }
+        totals
+    }
+
+    /// Adds another instance's numbers; `recent` is left to the caller (it needs ordering).
+    pub fn merge_counts(&mut self, other: &MetricsParts) {
+        for (model, windows) in &other.models {
+            self.models.entry(model.clone()).or_default().merge(windows);
+        }
+        for (model, stats) in &other.lifetime {
+            self.lifetime.entry(model.clone()).or_default().merge(stats);
+        }
+        for (code, n) in &other.rejected {
+            *self.rejected.entry(code.clone()).or_default() += n;
+        }
+    }
 }
 
 pub struct AggregatorState {
@@ -250,7 +330,7 @@ impl AggregatorState {
                 user: record.user.to_string(),
                 model: record.model.clone(),
                 latency_ms: record.latency_ms,
-                outcome: record.outcome.as_str(),
+                outcome: Cow::Borrowed(record.outcome.as_str()),
                 tokens_in: record.tokens_in,
                 tokens_out: record.tokens_out,
             });
@@ -285,14 +365,32 @@ impl AggregatorState {
         }
     }
 
-    pub fn lifetime(&self) -> LifetimeCounters {
-        LifetimeCounters {
+    /// This instance's contribution to the cluster's numbers, with `recent_limit` newest
+    /// requests.
+    pub fn parts(&self, now_secs: u64, recent_limit: usize) -> MetricsParts {
+        MetricsParts {
             models: self
+                .models
+                .iter()
+                .map(|(name, stats)| (name.to_string(), stats.raw_windows(now_secs)))
+                .collect(),
+            lifetime: self
                 .models
                 .iter()
                 .map(|(name, stats)| (name.to_string(), stats.lifetime.clone()))
                 .collect(),
-            rejected: self.rejected.clone(),
+            rejected: self
+                .rejected
+                .iter()
+                .map(|(c, n)| (c.as_str().to_string(), *n))
+                .collect(),
+            recent: self
+                .recent
+                .iter()
+                .rev()
+                .take(recent_limit)
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -361,7 +459,7 @@ mod tests {
         assert_eq!(day.requests, 1);
         assert_eq!(day.errors, 1);
         assert_eq!(day.errors_by_code["upstream_error"], 1);
-        assert_eq!(state.lifetime().models["m"].requests, 2);
+        assert_eq!(state.parts(later, 0).lifetime["m"].requests, 2);
     }
 
     #[test]
@@ -374,6 +472,75 @@ mod tests {
         assert_eq!(
             recent.iter().map(|r| r.latency_ms).collect::<Vec<_>>(),
             vec![5, 4, 3]
+        );
+    }
+
+    #[test]
+    fn parts_survive_the_wire_and_their_totals_match_the_local_totals() {
+        let mut state = AggregatorState::new(10);
+        let now = 7_200;
+        state.record(now - 1_800, &record("b", 70, Outcome::Cancelled));
+        state.record(now, &record("a", 40, Outcome::Ok));
+        state.record(
+            now,
+            &record("b", 900, Outcome::Error(ErrorCode::UpstreamError)),
+        );
+        state.reject(ErrorCode::RateLimited);
+        let parts = state.parts(now, 2);
+        let json = serde_json::to_string(&parts).expect("serialize");
+        let back: MetricsParts = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, parts);
+        let local = state.snapshot(now, 2);
+        assert_eq!(back.totals().summary(), local.totals);
+        assert_eq!(back.models["b"].summary(), local.models["b"]);
+        assert_eq!(back.rejected["rate_limited"], 1);
+        assert_eq!(back.recent, local.recent);
+        assert_eq!(back.lifetime["b"].requests, 2);
+    }
+
+    #[test]
+    fn merged_instances_report_what_one_instance_serving_everything_would() {
+        let (mut one, mut two, mut both) = (
+            AggregatorState::new(0),
+            AggregatorState::new(0),
+            AggregatorState::new(0),
+        );
+        let now = 86_400 * 3;
+        for i in 0..300u64 {
+            let latency = (i * 37) % 2_000 + 1;
+            let r = record(if i % 3 == 0 { "a" } else { "b" }, latency, Outcome::Ok);
+            let at = now - 299 + i;
+            if i % 2 == 0 {
+                one.record(at, &r);
+            } else {
+                two.record(at, &r);
+            }
+            both.record(at, &r);
+        }
+        one.reject(ErrorCode::QuotaExceeded);
+        two.reject(ErrorCode::QuotaExceeded);
+        let mut merged = one.parts(now, 0);
+        merged.merge_counts(&two.parts(now, 0));
+        let expected = both.snapshot(now, 0);
+        // Percentiles included: merged histograms are the histogram of every record.
+        assert_eq!(merged.totals().summary(), expected.totals);
+        for (model, windows) in &expected.models {
+            assert_eq!(&merged.models[model].summary(), windows, "model {model}");
+        }
+        assert_eq!(merged.rejected["quota_exceeded"], 2);
+        assert_eq!(merged.lifetime["b"], both.parts(now, 0).lifetime["b"]);
+    }
+
+    #[test]
+    fn an_error_code_this_build_does_not_know_is_left_out_not_fatal() {
+        let stats: Stats = serde_json::from_str(
+            r#"{"requests":2,"errors":2,"errors_by_code":{"upstream_error":1,"from_the_future":1}}"#,
+        )
+        .expect("tolerant");
+        assert_eq!(stats.errors, 2);
+        assert_eq!(
+            stats.errors_by_code,
+            BTreeMap::from([(ErrorCode::UpstreamError, 1)])
         );
     }
 }

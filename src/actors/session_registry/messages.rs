@@ -92,7 +92,10 @@ pub struct SessionSummary {
     pub avg_response_ms: Option<i64>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// Also read back from other instances' snapshots (cluster views), hence `Deserialize`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct SessionStats {
     pub active: usize,
     pub inactive: usize,
