@@ -4,6 +4,7 @@ mod auth;
 mod chat_ws;
 mod cli;
 mod client_address;
+mod cluster_redis_outage;
 mod cluster_support;
 mod collector;
 mod connection_cap;
