@@ -553,12 +553,75 @@ fn docker_deps_stage_stubs_every_declared_target() {
 
 // ---- compose -----------------------------------------------------------------------------
 
+/// The `--flag value` pairs of a Redis/Valkey server's command line.
+fn server_flags(args: &[&str]) -> Vec<(String, String)> {
+    args.iter()
+        .enumerate()
+        .filter(|(_, a)| a.starts_with("--"))
+        .map(|(i, a)| {
+            let value = args.get(i + 1).copied().unwrap_or_default();
+            (a.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+/// What a Redis for chatgate must be: not a store of record (no snapshots, no append-only
+/// file) and never evicting on its own (a full Redis must refuse writes, not drop windows or
+/// sessions), with a memory bound.
+fn assert_redis_is_configured_for_chatgate(what: &str, args: &[&str]) {
+    let flags = server_flags(args);
+    let flag = |name: &str| {
+        flags
+            .iter()
+            .find(|(f, _)| f == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{what}: no {name} in {args:?}"))
+    };
+    assert_eq!(flag("--save"), "", "{what}: no snapshots");
+    assert_eq!(flag("--appendonly"), "no", "{what}: no append-only file");
+    assert_eq!(flag("--maxmemory-policy"), "noeviction", "{what}");
+    assert!(
+        flag("--maxmemory").ends_with("mb") || flag("--maxmemory").ends_with("gb"),
+        "{what}: a memory bound"
+    );
+}
+
+fn is_redis_image(image: &str) -> bool {
+    image.starts_with("valkey/valkey:") || image.starts_with("redis:")
+}
+
 #[test]
-fn compose_runs_two_instances_on_postgres_behind_a_websocket_proxy() {
+fn compose_runs_two_instances_on_postgres_and_redis_behind_a_websocket_proxy() {
     let compose = merged(&yaml("deploy/compose.yaml"));
     let services = compose["services"].as_hash().expect("services");
     let names: Vec<&str> = services.keys().filter_map(Yaml::as_str).collect();
-    assert_eq!(names, ["postgres", "chatgate-1", "chatgate-2", "lb"]);
+    assert_eq!(
+        names,
+        ["postgres", "redis", "chatgate-1", "chatgate-2", "lb"]
+    );
+
+    let redis = &compose["services"]["redis"];
+    assert!(
+        is_redis_image(text(&redis["image"], "redis image")),
+        "{redis:?}"
+    );
+    let command: Vec<&str> = list(&redis["command"], "redis command")
+        .iter()
+        .map(|a| text(a, "redis command arg"))
+        .collect();
+    assert!(command[0].ends_with("-server"), "{command:?}");
+    assert_redis_is_configured_for_chatgate("compose redis", &command[1..]);
+    let networks: Vec<&str> = list(&redis["networks"], "redis networks")
+        .iter()
+        .map(|n| text(n, "network"))
+        .collect();
+    assert_eq!(
+        networks,
+        ["backend"],
+        "Redis is reachable by the instances only"
+    );
+    assert!(!redis["healthcheck"]["test"].is_badvalue());
+    assert!(redis["volumes"].is_badvalue(), "nothing in Redis is kept");
 
     let postgres = &compose["services"]["postgres"];
     assert!(text(&postgres["image"], "postgres image").starts_with("postgres:"));
@@ -598,6 +661,25 @@ fn compose_runs_two_instances_on_postgres_behind_a_websocket_proxy() {
             ),
             "service_healthy"
         );
+        // Cluster mode, on the compose Redis. An instance serves while Redis is down, so
+        // Redis is started first but not a health condition.
+        let redis_url = text(
+            &svc["environment"]["CHATGATE_REDIS_URL"],
+            "CHATGATE_REDIS_URL",
+        );
+        assert!(
+            redis_url.starts_with("redis://redis:6379"),
+            "{name}: CHATGATE_REDIS_URL must point at the redis service: {redis_url}"
+        );
+        assert_eq!(
+            text(&svc["depends_on"]["redis"]["condition"], "depends_on.redis"),
+            "service_started"
+        );
+        assert_eq!(
+            text(&svc["hostname"], "hostname"),
+            name,
+            "the instance id in the cluster views starts with the host name"
+        );
     }
 
     let lb = &compose["services"]["lb"];
@@ -622,6 +704,18 @@ fn compose_runs_two_instances_on_postgres_behind_a_websocket_proxy() {
 #[test]
 fn nginx_proxies_websockets_to_both_instances_without_logging_tokens() {
     let conf = read("deploy/nginx.conf");
+    // A cluster resumes sessions on any instance: no sticky routing anywhere.
+    for line in conf.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        for sticky in ["ip_hash", "sticky", "hash "] {
+            assert!(
+                !line.starts_with(sticky),
+                "nginx.conf routes sticky: `{line}`"
+            );
+        }
+    }
     for needle in [
         "server chatgate-1:8080",
         "server chatgate-2:8080",
@@ -692,7 +786,10 @@ fn kubernetes_deployment_is_probed_and_drains_before_it_stops() {
     let deployment = yaml("deploy/kubernetes/deployment.yaml");
     assert_eq!(text(&deployment["kind"], "kind"), "Deployment");
     let spec = &deployment["spec"];
-    assert_eq!(int(&spec["replicas"], "replicas"), 2);
+    assert!(
+        int(&spec["replicas"], "replicas") >= 2,
+        "a cluster: two replicas at least"
+    );
     let pod = &spec["template"]["spec"];
     let containers = list(&pod["containers"], "containers");
     assert_eq!(containers.len(), 1);
@@ -754,7 +851,7 @@ fn kubernetes_deployment_is_probed_and_drains_before_it_stops() {
         text(&secret["metadata"]["name"], "secret name"),
         secret_name
     );
-    for key in ["CHATGATE_JWT_SECRET", "DATABASE_URL"] {
+    for key in ["CHATGATE_JWT_SECRET", "DATABASE_URL", "CHATGATE_REDIS_URL"] {
         assert!(
             !secret["stringData"][key].is_badvalue(),
             "the Secret template lacks {key}"
@@ -765,9 +862,12 @@ fn kubernetes_deployment_is_probed_and_drains_before_it_stops() {
         "",
         "the template must not ship a usable JWT secret"
     );
-    for key in ["CHATGATE_JWT_SECRET", "DATABASE_URL"] {
+    // In the Secret only: `env` would silently win over a value put in the Secret.
+    for key in ["CHATGATE_JWT_SECRET", "DATABASE_URL", "CHATGATE_REDIS_URL"] {
         assert!(
-            container_env(c, key).is_none(),
+            list(&c["env"], "env")
+                .iter()
+                .all(|e| e["name"].as_str() != Some(key)),
             "{key} belongs in the Secret, not the Deployment"
         );
     }
@@ -791,6 +891,106 @@ fn kubernetes_deployment_is_probed_and_drains_before_it_stops() {
         ),
         port_name
     );
+    // Any replica serves any session: no affinity to keep a client on one.
+    assert!(
+        matches!(
+            service["spec"]["sessionAffinity"].as_str(),
+            None | Some("None")
+        ),
+        "{:?}",
+        service["spec"]["sessionAffinity"]
+    );
+}
+
+#[test]
+fn kubernetes_redis_is_what_the_secret_points_at() {
+    let docs = yaml_docs("deploy/kubernetes/redis.yaml");
+    let of_kind = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("redis.yaml has no {kind}"))
+    };
+    let (deployment, service) = (of_kind("Deployment"), of_kind("Service"));
+    let spec = &deployment["spec"];
+    assert_eq!(int(&spec["replicas"], "redis replicas"), 1);
+    assert_eq!(
+        text(&spec["strategy"]["type"], "strategy"),
+        "Recreate",
+        "never two Redis at once: the replicas would split into two clusters"
+    );
+    let pod_labels = spec["template"]["metadata"]["labels"]
+        .as_hash()
+        .expect("pod labels");
+    for selector in [
+        &spec["selector"]["matchLabels"],
+        &service["spec"]["selector"],
+    ] {
+        let selector = selector.as_hash().expect("a label selector");
+        assert!(!selector.is_empty());
+        for (key, value) in selector {
+            assert_eq!(
+                pod_labels.get(key),
+                Some(value),
+                "the Deployment and its Service select the Redis pod by {key:?}"
+            );
+        }
+    }
+    let containers = list(&spec["template"]["spec"]["containers"], "containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    assert!(
+        is_redis_image(text(&c["image"], "redis image")),
+        "{:?}",
+        c["image"]
+    );
+    let args: Vec<&str> = list(&c["args"], "redis args")
+        .iter()
+        .map(|a| text(a, "redis arg"))
+        .collect();
+    assert_redis_is_configured_for_chatgate("redis.yaml", &args);
+    assert!(
+        spec["template"]["spec"]["volumes"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .all(|v| !v["emptyDir"].is_badvalue()),
+        "nothing in Redis is kept: no persistent volume"
+    );
+
+    // The Secret's default URL is this Service.
+    let secret = yaml("deploy/kubernetes/secret.template.yaml");
+    let url = text(&secret["stringData"]["CHATGATE_REDIS_URL"], "redis url");
+    let name = text(&service["metadata"]["name"], "redis service name");
+    let port = int(&list(&service["spec"]["ports"], "ports")[0]["port"], "port");
+    assert!(
+        url.starts_with(&format!("redis://{name}:{port}")),
+        "CHATGATE_REDIS_URL {url} is not the Service {name}:{port}"
+    );
+}
+
+/// `bash -n` over every shell script in the repository: the benchmarks are not run by CI, so
+/// this is what keeps them from rotting into syntax errors.
+#[test]
+fn shell_scripts_parse() {
+    let mut scripts: Vec<PathBuf> = fs::read_dir(repo().join("scripts"))
+        .expect("scripts/")
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("sh"))
+        .collect();
+    scripts.extend([".ci/run", ".ci/lint-deploy"].map(|p| repo().join(p)));
+    assert!(
+        scripts.iter().any(|p| p.ends_with("bench_cluster.sh")),
+        "{scripts:?}"
+    );
+    for script in &scripts {
+        let out = run(Command::new("bash").arg("-n").arg(script));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 // ---- changelog, licences, version ----------------------------------------------------------

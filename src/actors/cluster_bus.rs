@@ -287,10 +287,16 @@ impl Handler<TellOthers> for ClusterBus {
             command: msg.0,
         });
         let publish = self.publish(self.link.keys().broadcast_channel(), envelope);
+        let link = self.link.clone();
         ctx.spawn(
             async move {
                 if let Err(err) = publish.await {
-                    log::warn!("event=cluster_broadcast_failed error={err}");
+                    // While Redis is down the outage's one warning says it all already.
+                    if link.is_up() {
+                        log::warn!("event=cluster_broadcast_failed error={err}");
+                    } else {
+                        log::debug!("event=cluster_broadcast_failed error={err}");
+                    }
                 }
             }
             .into_actor(self),

@@ -4,8 +4,9 @@
 //! Every [`HEARTBEAT`] one pipelined round trip records this instance as alive (a sorted set
 //! scored by time), stores its snapshot with an expiry, drops instances not seen for
 //! [`DEAD_AFTER`], and reads the others' snapshots. That round trip is also the probe: its
-//! failure marks the link down (one warning), its success after an outage marks it up again
-//! (rejoin within a heartbeat) and tells the actors that keep shared state to catch up.
+//! failure marks the link down (the link logs one warning per outage), its success after an
+//! outage marks it up again (rejoin within a heartbeat), resubscribes the bus and tells the
+//! actors that keep shared state to catch up.
 
 use std::time::Duration;
 
@@ -114,6 +115,7 @@ impl Membership {
         let keys = link.keys().clone();
         let me = link.instance().to_string();
         let snapshot = self.own_snapshot.clone();
+        let faults_before = link.faults();
         let beat = async move {
             let now_ms = chrono::Utc::now().timestamp_millis();
             let dead_before = now_ms - DEAD_AFTER.as_millis() as i64;
@@ -158,29 +160,24 @@ impl Membership {
                 .collect::<Vec<_>>();
             Ok::<_, crate::cluster::RedisUnavailable>(peers)
         };
-        ctx.spawn(beat.into_actor(self).map(|result, act, _| {
+        ctx.spawn(beat.into_actor(self).map(move |result, act, _| {
             act.beating = false;
-            let transition = act.link.record_probe(result.is_ok());
+            let error = result.as_ref().err().map(|err| err.0.clone());
+            // The link logs the outage's start and end (once, whoever notices first).
+            let transition = act
+                .link
+                .record_probe(result.is_ok(), faults_before, error.as_deref());
             match result {
                 Ok(peers) => act.peers = peers,
                 Err(ref err) => {
                     log::debug!("event=cluster_heartbeat_failed error={err}");
                 }
             }
-            match transition {
-                Some(HealthTransition::WentDown) => log::warn!(
-                    "event=redis_down instance={} detail=\"cluster state is per instance until \
-                     Redis answers again: per-instance limits, sessions resume only here\"",
-                    act.link.instance()
-                ),
-                Some(HealthTransition::CameBack) => {
-                    log::info!("event=redis_up instance={}", act.link.instance());
-                    act.bus.do_send(Resubscribe);
-                    for recipient in &act.on_rejoin {
-                        recipient.do_send(RedisRejoined);
-                    }
+            if transition == Some(HealthTransition::CameBack) {
+                act.bus.do_send(Resubscribe);
+                for recipient in &act.on_rejoin {
+                    recipient.do_send(RedisRejoined);
                 }
-                None => {}
             }
         }));
     }

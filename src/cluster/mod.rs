@@ -10,7 +10,7 @@ pub mod health;
 pub mod keys;
 pub mod protocol;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -40,11 +40,68 @@ impl From<RedisError> for RedisUnavailable {
 /// A handle to the cluster's Redis; cheap to clone (the connection is multiplexed).
 #[derive(Clone)]
 pub struct RedisLink {
-    conn: ConnectionManager,
+    conn: Arc<Connection>,
     client: redis::Client,
     keys: KeySpace,
     instance: Arc<str>,
     health: Arc<RedisHealthCell>,
+}
+
+/// The multiplexed connection, replaceable. `ConnectionManager` reconnects when its
+/// connection breaks (EOF, reset) but not when a request merely times out, and a connection
+/// whose peer vanished without closing it (a dead host, a partition, a proxy that keeps the
+/// socket) only ever times out: kept, it would keep the link down after Redis is back. So a
+/// timeout replaces the manager with a fresh one; requests still running on the old one end
+/// on their own timeouts and drop it.
+struct Connection {
+    client: redis::Client,
+    /// `(generation, manager)`; the lock is held only to clone or swap the handle, never
+    /// across a request.
+    current: RwLock<(u64, ConnectionManager)>,
+}
+
+impl Connection {
+    fn new(client: redis::Client) -> anyhow::Result<Connection> {
+        let manager = Connection::manager(&client)?;
+        Ok(Connection {
+            client,
+            current: RwLock::new((0, manager)),
+        })
+    }
+
+    /// A manager that connects on first use, so an instance starts while Redis is down.
+    fn manager(client: &redis::Client) -> anyhow::Result<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|err| anyhow::anyhow!("CHATGATE_REDIS_URL: {err}"))
+    }
+
+    fn get(&self) -> (u64, ConnectionManager) {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces generation `used` (the one that timed out) with a fresh manager; a no-op when
+    /// another request replaced it already, so a burst of timeouts makes one new connection.
+    fn renew(&self, used: u64) {
+        let Ok(fresh) = Connection::manager(&self.client) else {
+            return;
+        };
+        let mut current = match self.current.write() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if current.0 == used {
+            *current = (used + 1, fresh);
+            log::debug!("event=redis_connection_renewed generation={}", used + 1);
+        }
+    }
 }
 
 impl RedisLink {
@@ -58,13 +115,7 @@ impl RedisLink {
             Some(prefix) => KeySpace::with_prefix(prefix),
             None => KeySpace::for_database(client.get_connection_info().redis_settings().db()),
         };
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|err| anyhow::anyhow!("CHATGATE_REDIS_URL: {err}"))?;
+        let conn = Arc::new(Connection::new(client.clone())?);
         Ok(RedisLink {
             conn,
             client,
@@ -96,14 +147,41 @@ impl RedisLink {
         self.health.get() == RedisHealth::Up
     }
 
-    /// Records what a probe learned; returns the transition, if any, so the prober logs it
-    /// once per outage.
-    pub fn record_probe(&self, answered: bool) -> Option<HealthTransition> {
-        self.health.set(if answered {
-            RedisHealth::Up
-        } else {
-            RedisHealth::Down
-        })
+    /// Connection faults requests met so far: a prober reads it before it asks Redis and
+    /// hands it to [`record_probe`](Self::record_probe).
+    pub fn faults(&self) -> u64 {
+        self.health.faults()
+    }
+
+    /// Records what a probe learned (see [`RedisHealthCell::probed`]) and logs the start or
+    /// end of an outage; returns the transition, if any, so the prober can act on a rejoin.
+    pub fn record_probe(
+        &self,
+        answered: bool,
+        faults_before: u64,
+        error: Option<&str>,
+    ) -> Option<HealthTransition> {
+        let transition = self.health.probed(answered, faults_before);
+        self.log_transition(transition, error.unwrap_or("no answer"));
+        transition
+    }
+
+    /// The one warning per outage and the one line at its end, whoever noticed: a request
+    /// that met the fault or the heartbeat. The health cell hands each transition to exactly
+    /// one caller.
+    fn log_transition(&self, transition: Option<HealthTransition>, error: &str) {
+        match transition {
+            Some(HealthTransition::WentDown) => log::warn!(
+                "event=redis_down instance={} error=\"{error}\" detail=\"cluster state is per \
+                 instance until Redis answers again: per-instance limits, sessions resume only \
+                 here\"",
+                self.instance
+            ),
+            Some(HealthTransition::CameBack) => {
+                log::info!("event=redis_up instance={}", self.instance)
+            }
+            None => {}
+        }
     }
 
     /// Runs one request (a command, a pipeline, a script) if Redis is up:
@@ -127,11 +205,16 @@ impl RedisLink {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        match request(self.conn.clone()).await {
+        let (generation, conn) = self.conn.get();
+        match request(conn).await {
             Ok(value) => Ok(value),
             Err(err) => {
                 if is_connection_fault(&err) {
-                    self.health.set(RedisHealth::Down);
+                    let transition = self.health.fault();
+                    self.log_transition(transition, &err.to_string());
+                    if err.is_timeout() {
+                        self.conn.renew(generation);
+                    }
                 }
                 Err(err.into())
             }

@@ -155,7 +155,10 @@ impl Drop for Cluster {
         // Processes first (their Drop kills them), then this cluster's keys.
         self.instances.clear();
         if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
-            if let Ok(mut conn) = client.get_connection() {
+            // Bounded: the URL may be a proxy a failed test left cut or stalled.
+            if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
                 let keys: Vec<String> = redis::cmd("KEYS")
                     .arg(format!("{}*", self.prefix))
                     .query(&mut conn)

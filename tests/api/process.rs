@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::helpers::TEST_SECRET;
@@ -26,6 +27,8 @@ pub fn serve_command(dir: &Path) -> Command {
 pub struct ServerProcess {
     pub child: Child,
     pub addr: String,
+    /// Every line it logged so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -39,18 +42,28 @@ impl ServerProcess {
         let mut child = cmd.spawn().expect("spawn serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             // Keeps draining the log so the server never blocks on a full pipe.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on http://").nth(1) {
                     let _ = tx.send(addr.trim().to_string());
                 }
+                if let Ok(mut kept) = kept.lock() {
+                    kept.push(line);
+                }
             }
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server logged its address");
-        ServerProcess { child, addr }
+        ServerProcess { child, addr, log }
+    }
+
+    /// The lines it logged so far (stderr, `RUST_LOG=info` unless the caller changed it).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|log| log.clone()).unwrap_or_default()
     }
 
     pub fn signal(&self, sig: &str) {
