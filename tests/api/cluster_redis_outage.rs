@@ -190,10 +190,19 @@ async fn serves_as_usual(cluster: &Cluster, index: usize, ws: &mut WsClient, cha
     assert_eq!(readyz(cluster, index).await, 200, "/readyz stays 200");
     ws_chat(ws, chat_id).await;
     http_chat(cluster, index, "alice").await;
+    redis_state(cluster, index).await;
+}
+
+/// `cluster.redis` of instance `index`'s `/admin/metrics` (which must answer 200).
+async fn redis_state(cluster: &Cluster, index: usize) -> String {
     let (status, metrics) = cluster
         .get(index, "/admin/metrics", &cluster.admin_token("root"))
         .await;
     assert_eq!(status, 200, "{metrics}");
+    metrics["cluster"]["redis"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cluster.redis in {metrics}"))
+        .to_string()
 }
 
 /// (a) An instance whose Redis does not answer at startup starts, is ready and serves chats;
@@ -266,6 +275,7 @@ async fn a_redis_outage_is_a_degraded_mode_with_one_warning_and_a_rejoin_within_
     let from = log_of(&cluster, 0).len();
     proxy.cut();
     wait_for_log_line(&cluster, 0, OUTAGE_WARNING, NOTICED_WITHIN).await;
+    assert_eq!(redis_state(&cluster, 0).await, "down");
 
     // The outage goes on for longer than DEAD_AFTER, with chats all along: the socket opened
     // before it, new sockets, HTTP.
@@ -313,6 +323,7 @@ async fn a_redis_outage_is_a_degraded_mode_with_one_warning_and_a_rejoin_within_
     .await;
     serves_as_usual(&cluster, 0, &mut ws, "after").await;
     chats += 2;
+    assert_eq!(redis_state(&cluster, 0).await, "up");
 
     let log = log_of(&cluster, 0);
     assert_eq!(
