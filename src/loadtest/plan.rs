@@ -19,7 +19,8 @@ first (`ulimit -Hn`, `LimitNOFILE=` in systemd, `--ulimit nofile=` in docker) â€
 needs the same.
 
 Progress goes to stderr once a second; the summary goes to stdout (one JSON object with \
---json). Exits 1 when no chat succeeded (with --idle: when no connection stayed open)."
+--json). Exits 1 when no chat succeeded (with --idle: when no connection stayed open), or \
+when a reply's deltas had a gap or a duplicate (--drop-rate)."
 )]
 pub struct LoadtestArgs {
     /// The gateway's base URL, e.g. http://127.0.0.1:8080. Repeat it for several instances:
