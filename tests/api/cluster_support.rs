@@ -1,6 +1,9 @@
 //! Cluster fixture: 2–3 real `chatgate serve` processes on one PostgreSQL schema and one
 //! Redis key prefix of their own, so cluster tests run in parallel with each other.
 
+// Shared by every cluster test module; not each module uses every helper.
+#![allow(dead_code)]
+
 use std::time::Duration;
 
 use chatgate::auth::{JwtKeys, Role};
