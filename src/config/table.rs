@@ -168,6 +168,6 @@ declare_settings! {
             readme "host name + random suffix";
         /// the prefix of every Redis key and channel (deployments sharing one Redis differ)
         redis_key_prefix: Option<String> = None;
-            env "CHATGATE_REDIS_KEY_PREFIX", unit "text", readme "`chatgate:<db>:`";
+            env "CHATGATE_REDIS_KEY_PREFIX", unit "text", readme "chatgate:<db>:";
     }
 }
