@@ -25,6 +25,8 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const num = (n) => Number(n ?? 0).toLocaleString('en-US');
+const bytes = (n) => (n >= 1048576 ? `${(n / 1048576).toFixed(1)} MB`
+  : n >= 1024 ? `${(n / 1024).toFixed(1)} KB` : `${num(n)} B`);
 const rate = (n) => (n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2));
 const ms = (n) => (n == null ? '–' : Number(n).toFixed(1));
 const clock = (at) => new Date(at).toLocaleTimeString('en-GB', { hour12: false });
@@ -257,10 +259,23 @@ function renderTotals(frame) {
   $('#t-conns').textContent = num(frame.hub.connections);
   $('#t-active').textContent = num(frame.sessions.active);
   $('#t-inactive').textContent = num(frame.sessions.inactive);
+  renderReplies(frame.replies);
   const refused = Object.entries(frame.rejected || {});
   $('#rejected').textContent = refused.length
     ? `Refused at admission since start: ${refused.map(([c, n]) => `${c} ${num(n)}`).join(' · ')}`
     : '';
+}
+
+// Resumable replies: `replies` = { running, awaiting_resume, kept_bytes } (whole cluster).
+// A server without resumable replies sends no `replies`: the tile then shows "–".
+function renderReplies(replies) {
+  const awaiting = replies?.awaiting_resume;
+  $('#t-awaiting').textContent = typeof awaiting === 'number' ? num(awaiting) : '–';
+  const detail = [
+    typeof replies?.running === 'number' && `${num(replies.running)} running`,
+    typeof replies?.kept_bytes === 'number' && `${bytes(replies.kept_bytes)} kept`,
+  ].filter(Boolean).join(' · ');
+  $('#t-replies').textContent = detail;
 }
 
 const codesText = (codes) => Object.entries(codes || {}).map(([c, n]) => `${c} ${num(n)}`).join(' · ');

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::hint::black_box;
 
+use chatgate::domain::{QuotaDay, QuotaReceipt, QuotaStanding};
 use chatgate::error::ErrorCode;
 use chatgate::providers::Usage;
 use chatgate::ws::protocol::{ClientFrame, ServerFrame};
@@ -59,6 +60,13 @@ fn encode(c: &mut Criterion) {
         latency_ms: 3,
         cancelled: false,
         finish_reason: "stop",
+        quota: QuotaReceipt::new(
+            QuotaDay::today(),
+            QuotaStanding {
+                used: 2,
+                limit: 1_000,
+            },
+        ),
     };
     group.bench_function("done", |b| b.iter(|| black_box(black_box(&done).to_json())));
     let error = ServerFrame::Error {

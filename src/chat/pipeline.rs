@@ -14,7 +14,7 @@ use crate::actors::rate_limiter::{Admission, Check, RateLimiter};
 use crate::actors::session_registry::{AppendUserMessage, RecordReply, SessionRegistry};
 use crate::chat::tool_calls::ToolCallAssembler;
 use crate::domain::message::{count_words, ChatMessage, Params, RawJson, ToolCall, Turn};
-use crate::domain::{QuotaDay, QuotaTake, SessionId, UserId};
+use crate::domain::{QuotaDay, QuotaReceipt, QuotaTake, SessionId, UserId};
 use crate::error::AppError;
 use crate::providers::{Model, ModelCatalog, ModelRequest, ProviderEvent, Usage};
 
@@ -61,6 +61,8 @@ pub enum ChatEvent {
         finish_reason: Arc<str>,
         /// The reply's tool calls, assembled from their fragments.
         tool_calls: Vec<ToolCall>,
+        /// The user's quota standing with this chat counted.
+        quota: QuotaReceipt,
     },
     Error(AppError),
 }
@@ -71,6 +73,10 @@ pub use crate::domain::CancelReason;
 pub struct ChatHandle {
     pub events: mpsc::Receiver<ChatEvent>,
     pub cancel: oneshot::Sender<CancelReason>,
+    /// The user's quota standing, sent before the first event when the chat is admitted (with
+    /// it counted) or refused with `quota_exceeded` (every unit used or held); never sent
+    /// otherwise. For transports that answer before the last event (HTTP headers).
+    pub quota: oneshot::Receiver<QuotaReceipt>,
 }
 
 pub struct ChatPipeline {
@@ -174,9 +180,16 @@ impl ChatPipeline {
     pub fn start(self: &Arc<Self>, request: ChatRequest) -> ChatHandle {
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
         let (cancel, cancel_rx) = oneshot::channel();
+        let (quota_tx, quota) = oneshot::channel();
         let pipeline = self.clone();
-        actix_web::rt::spawn(async move { pipeline.run(request, events_tx, cancel_rx).await });
-        ChatHandle { events, cancel }
+        actix_web::rt::spawn(
+            async move { pipeline.run(request, events_tx, cancel_rx, quota_tx).await },
+        );
+        ChatHandle {
+            events,
+            cancel,
+            quota,
+        }
     }
 
     fn reject(&self, events: &mpsc::Sender<ChatEvent>, err: AppError) {
@@ -184,8 +197,14 @@ impl ChatPipeline {
         let _ = events.try_send(ChatEvent::Error(err));
     }
 
-    /// Admission: every refusal here is not usage. `Ok` means a quota unit of `day` was taken.
-    async fn admit(&self, request: &ChatRequest, day: QuotaDay) -> Result<Model, AppError> {
+    /// Admission: every refusal here is not usage. `Ok` means a quota unit of `day` was taken;
+    /// its receipt (or that of a quota refusal) goes to `receipt_to` first.
+    async fn admit(
+        &self,
+        request: &ChatRequest,
+        day: QuotaDay,
+        receipt_to: oneshot::Sender<QuotaReceipt>,
+    ) -> Result<(Model, QuotaReceipt), AppError> {
         let model = self.models.get(&request.model).cloned().ok_or_else(|| {
             AppError::UnsupportedModel(format!(
                 "model {:?} is not served here; available: {}",
@@ -217,7 +236,7 @@ impl ChatPipeline {
             Err(err) => Some(AppError::unavailable_mailbox("rate_limiter", err)),
         };
         if let Some(refusal) = refusal {
-            if matches!(take, Ok(QuotaTake::Taken)) {
+            if matches!(take, Ok(QuotaTake::Taken(_))) {
                 self.quota.do_send(GiveBackQuota {
                     user: request.user.clone(),
                     day,
@@ -227,11 +246,20 @@ impl ChatPipeline {
         }
         let take = take?;
         match take {
-            QuotaTake::Taken => Ok(model),
-            QuotaTake::Exceeded { limit } => Err(AppError::QuotaExceeded {
-                message: format!("daily quota of {limit} chats used up; it resets at 00:00 UTC"),
-                retry_after: quota_retry_after(),
-            }),
+            QuotaTake::Taken(standing) => {
+                let receipt = QuotaReceipt::new(day, standing);
+                let _ = receipt_to.send(receipt);
+                Ok((model, receipt))
+            }
+            QuotaTake::Exceeded { limit } => {
+                let _ = receipt_to.send(QuotaReceipt::exhausted(day, limit));
+                Err(AppError::QuotaExceeded {
+                    message: format!(
+                        "daily quota of {limit} chats used up; it resets at 00:00 UTC"
+                    ),
+                    retry_after: quota_retry_after(),
+                })
+            }
             QuotaTake::Disabled => Err(AppError::Forbidden("this user is disabled".into())),
         }
     }
@@ -241,6 +269,7 @@ impl ChatPipeline {
         request: ChatRequest,
         events: mpsc::Sender<ChatEvent>,
         mut cancel: oneshot::Receiver<CancelReason>,
+        receipt_to: oneshot::Sender<QuotaReceipt>,
     ) {
         let _in_flight = InFlight::enter(&self.in_flight);
         let mut shutdown = self.shutdown.subscribe();
@@ -251,12 +280,12 @@ impl ChatPipeline {
         }
         // Read once: a unit taken before 00:00 UTC is accounted (and given back) to that day.
         let day = QuotaDay::today();
-        let model = match self.admit(&request, day).await {
-            Ok(model) => model,
+        let (model, receipt) = match self.admit(&request, day, receipt_to).await {
+            Ok(admitted) => admitted,
             Err(err) => return self.reject(&events, err),
         };
         let started_at_ms = chrono::Utc::now().timestamp_millis();
-        let mut run = Run::new(&request, &model, started_at_ms);
+        let mut run = Run::new(&request, &model, started_at_ms, receipt);
 
         let (session, messages) = match &request.history {
             HistorySource::Session { id, turn } => {
@@ -382,6 +411,7 @@ impl ChatPipeline {
                 cancelled,
                 finish_reason,
                 tool_calls: tool_calls.to_vec(),
+                quota: run.quota,
             };
         let (outcome, last) = match ending {
             Ending::Finished => {
@@ -466,10 +496,11 @@ struct Run {
     reported_usage: Option<Usage>,
     finish_reason: Option<Arc<str>>,
     tool_calls: ToolCallAssembler,
+    quota: QuotaReceipt,
 }
 
 impl Run {
-    fn new(request: &ChatRequest, model: &Model, started_at_ms: i64) -> Run {
+    fn new(request: &ChatRequest, model: &Model, started_at_ms: i64, quota: QuotaReceipt) -> Run {
         Run {
             model: model.name.clone(),
             session: None,
@@ -481,6 +512,7 @@ impl Run {
             reported_usage: None,
             finish_reason: None,
             tool_calls: ToolCallAssembler::default(),
+            quota,
         }
     }
 

@@ -12,5 +12,5 @@ pub mod redact;
 pub use backoff::Backoff;
 pub use cancel::CancelReason;
 pub use ids::{ChatId, IdError, SessionId, UserId};
-pub use quota::QuotaTake;
+pub use quota::{QuotaReceipt, QuotaStanding, QuotaTake};
 pub use quota_day::QuotaDay;

@@ -30,6 +30,11 @@ impl QuotaDay {
         self.0.format("%Y-%m-%d").to_string()
     }
 
+    /// When the day ends: the next day's 00:00 UTC, when its quota resets.
+    pub fn ends_at(&self) -> DateTime<Utc> {
+        self.next().0.and_time(NaiveTime::MIN).and_utc()
+    }
+
     /// Time from `now` until the next UTC midnight: when a user over quota may try again.
     pub fn until_next_day(now: DateTime<Utc>) -> Duration {
         let tomorrow = now
@@ -55,6 +60,23 @@ mod tests {
             .single()
             .expect("date");
         assert_eq!(QuotaDay::of(now).as_key(), "2026-03-09");
+    }
+
+    #[test]
+    fn a_day_ends_at_the_next_midnight() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 31, 23, 59, 59)
+            .single()
+            .expect("date");
+        let midnight = Utc
+            .with_ymd_and_hms(2027, 1, 1, 0, 0, 0)
+            .single()
+            .expect("date");
+        assert_eq!(QuotaDay::of(now).ends_at(), midnight);
+        assert_eq!(
+            QuotaDay::of(midnight).ends_at(),
+            midnight + chrono::Days::new(1)
+        );
     }
 
     #[test]

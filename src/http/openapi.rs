@@ -151,10 +151,16 @@ pub enum ChatRefusals {
     #[response(status = 413)]
     TooLarge(ErrorBody),
     /// `rate_limited` (the user's chat limit, or failed token attempts from this address),
-    /// `quota_exceeded` (the daily quota) or `upstream_rate_limited`.
+    /// `quota_exceeded` (the daily quota) or `upstream_rate_limited`. `quota_exceeded` also
+    /// carries the quota receipt, with `x-chatgate-quota-used` equal to the limit.
     #[response(
         status = 429,
-        headers(("Retry-After" = u64, description = "Seconds to wait, at least 1"))
+        headers(
+            ("Retry-After" = u64, description = "Seconds to wait, at least 1"),
+            ("x-chatgate-quota-used" = i64, description = "`quota_exceeded` only: units used or held today (the limit)"),
+            ("x-chatgate-quota-limit" = i64, description = "`quota_exceeded` only: the user's daily limit"),
+            ("x-chatgate-quota-reset" = String, description = "`quota_exceeded` only: when the quota resets, RFC 3339 UTC (the next 00:00 UTC)")
+        )
     )]
     RateLimited(ErrorBody),
     /// `internal`: the server log has the details.

@@ -11,6 +11,7 @@
 mod openai;
 mod plan;
 mod report;
+mod resume;
 mod stats;
 mod sys;
 mod ws;

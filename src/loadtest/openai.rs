@@ -30,11 +30,13 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 pub(super) async fn drive(connection: u64, ctx: &ThreadContext) {
     // Nothing to open up front: the client's pool opens a connection on the first request.
-    ctx.settled(true);
     let plan = &ctx.plan;
+    let target = plan.target_index(connection);
+    ctx.tally.borrow_mut().target(target).connected += 1;
+    ctx.settled(true);
     let start = ctx.started().await;
     let deadline = plan.deadline(start);
-    let url = format!("{}/v1/chat/completions", plan.base_url);
+    let url = format!("{}/v1/chat/completions", plan.target(target).base_url);
     let authorization = format!("Bearer {}", plan.token_for(connection));
     let body = Bytes::from(
         serde_json::json!({
@@ -55,7 +57,9 @@ pub(super) async fn drive(connection: u64, ctx: &ThreadContext) {
         ctx.tally.borrow_mut().reply_ended(now);
         match end {
             Ok(ChatEnd::Done) => {
-                ctx.tally.borrow_mut().latencies.record(now - sent_at);
+                let mut tally = ctx.tally.borrow_mut();
+                tally.latencies.record(now - sent_at);
+                tally.target(target).chats += 1;
                 Counters::add(&ctx.counters().chats, 1);
             }
             Ok(ChatEnd::Error { code, retry_after }) => {

@@ -19,12 +19,14 @@ first (`ulimit -Hn`, `LimitNOFILE=` in systemd, `--ulimit nofile=` in docker) â€
 needs the same.
 
 Progress goes to stderr once a second; the summary goes to stdout (one JSON object with \
---json). Exits 1 when no chat succeeded (with --idle: when no connection stayed open)."
+--json). Exits 1 when no chat succeeded (with --idle: when no connection stayed open), or \
+when a reply's deltas had a gap or a duplicate (--drop-rate)."
 )]
 pub struct LoadtestArgs {
-    /// The gateway's base URL, e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    pub url: String,
+    /// The gateway's base URL, e.g. http://127.0.0.1:8080. Repeat it for several instances:
+    /// connections take them in turn.
+    #[arg(long = "url", required = true)]
+    pub urls: Vec<String>,
     /// A JWT every connection uses.
     #[arg(long)]
     pub token: Option<String>,
@@ -62,6 +64,11 @@ pub struct LoadtestArgs {
     /// Worker threads, each driving its share of the connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub threads: u64,
+    /// Drop this share of replies (0 to 1) mid-way: the connection is cut without a close
+    /// frame after some deltas, reopened with its `session_id` (at the next --url) and the
+    /// reply resumed; the summary reports resumed replies, gaps and duplicates.
+    #[arg(long, value_parser = parse_share, conflicts_with_all = ["openai", "idle"])]
+    pub drop_rate: Option<f64>,
     /// Seconds one reply may take before it counts as a `timeout` error.
     #[arg(long, default_value_t = 60.0, value_parser = parse_secs)]
     pub reply_timeout: f64,
@@ -71,6 +78,13 @@ fn parse_secs(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 7.0 * 86_400.0 => Ok(secs),
         _ => Err("expected a number of seconds greater than 0 (at most a week)".into()),
+    }
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err("expected a share between 0 and 1, e.g. 0.1".into()),
     }
 }
 
@@ -91,31 +105,18 @@ impl Mode {
     }
 }
 
-/// The run, settled from the options once.
+/// One gateway instance a run drives.
 #[derive(Debug)]
-pub(crate) struct Plan {
-    pub mode: Mode,
+pub(crate) struct Target {
     /// `http://host:port` without a trailing slash.
     pub base_url: String,
     /// `ws://host:port`.
     pub ws_url: String,
-    tokens: Vec<String>,
-    pub connections: u64,
-    pub chats_per_connection: Option<u64>,
-    pub duration: Option<Duration>,
-    pub threads: u64,
-    pub reply_timeout: Duration,
-    pub model: String,
-    /// The message every chat sends: `--words` short words.
-    pub content: String,
 }
 
-/// Long enough for any run; the tokens never leave this process.
-const TOKEN_TTL_SECS: u64 = 7 * 86_400 + 3_600;
-
-impl Plan {
-    pub(super) fn from_args(args: LoadtestArgs) -> Result<Plan, String> {
-        let base_url = args.url.trim_end_matches('/').to_string();
+impl Target {
+    fn parse(url: &str) -> Result<Target, String> {
+        let base_url = url.trim_end_matches('/').to_string();
         let ws_url = if let Some(rest) = base_url.strip_prefix("http://") {
             format!("ws://{rest}")
         } else if base_url.starts_with("https://") {
@@ -126,10 +127,46 @@ impl Plan {
             );
         } else {
             return Err(format!(
-                "--url: expected the gateway's base URL, http://HOST:PORT (got {:?})",
-                args.url
+                "--url: expected the gateway's base URL, http://HOST:PORT (got {url:?})"
             ));
         };
+        Ok(Target { base_url, ws_url })
+    }
+}
+
+/// The run, settled from the options once.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub mode: Mode,
+    /// Every `--url`, in the order given; connection n uses `targets[n % len]`.
+    pub targets: Vec<Target>,
+    tokens: Vec<String>,
+    pub connections: u64,
+    pub chats_per_connection: Option<u64>,
+    pub duration: Option<Duration>,
+    pub threads: u64,
+    pub reply_timeout: Duration,
+    pub model: String,
+    /// The message every chat sends: `--words` short words.
+    pub content: String,
+    pub words: u32,
+    /// `--drop-rate`, when given (0 included: the summary then reports the `seq` checks).
+    pub drop_rate: Option<f64>,
+}
+
+/// Long enough for any run; the tokens never leave this process.
+const TOKEN_TTL_SECS: u64 = 7 * 86_400 + 3_600;
+
+impl Plan {
+    pub(super) fn from_args(args: LoadtestArgs) -> Result<Plan, String> {
+        let targets = args
+            .urls
+            .iter()
+            .map(|url| Target::parse(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        if targets.is_empty() {
+            return Err("--url is needed".into());
+        }
         let tokens = match (args.token, args.secret) {
             // Checked here: clap's `requires` is not enforced next to the required group.
             (Some(_), _) if args.users.is_some() => {
@@ -158,8 +195,7 @@ impl Plan {
             .join(" ");
         Ok(Plan {
             mode,
-            base_url,
-            ws_url,
+            targets,
             tokens,
             connections: args.connections,
             chats_per_connection: args.chats,
@@ -168,7 +204,18 @@ impl Plan {
             reply_timeout: Duration::from_secs_f64(args.reply_timeout),
             model: args.model,
             content,
+            words: args.words,
+            drop_rate: args.drop_rate,
         })
+    }
+
+    /// The instance connection `connection` drives: the `--url`s in turn.
+    pub fn target_index(&self, connection: u64) -> usize {
+        (connection % self.targets.len() as u64) as usize
+    }
+
+    pub fn target(&self, index: usize) -> &Target {
+        &self.targets[index % self.targets.len()]
     }
 
     pub fn token_for(&self, connection: u64) -> &str {
@@ -223,8 +270,9 @@ mod tests {
             "1",
         ])
         .expect("plan");
-        assert_eq!(p.base_url, "http://127.0.0.1:1");
-        assert_eq!(p.ws_url, "ws://127.0.0.1:1");
+        assert_eq!(p.targets.len(), 1);
+        assert_eq!(p.targets[0].base_url, "http://127.0.0.1:1");
+        assert_eq!(p.targets[0].ws_url, "ws://127.0.0.1:1");
         let keys = JwtKeys::new(secret.as_bytes());
         let user = |c| keys.verify(p.token_for(c)).expect("valid").user.to_string();
         assert_eq!(user(0), "loadtest-user-1");
@@ -263,6 +311,63 @@ mod tests {
             "1"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn repeated_urls_are_taken_in_turn() {
+        let p = plan(&[
+            "--url",
+            "http://a:1/",
+            "--url",
+            "http://b:2",
+            "--url",
+            "http://c:3",
+            "--token",
+            "t",
+            "--connections",
+            "7",
+            "--chats",
+            "1",
+        ])
+        .expect("plan");
+        let hosts: Vec<&str> = (0..7)
+            .map(|c| p.target(p.target_index(c)).ws_url.as_str())
+            .collect();
+        assert_eq!(
+            hosts,
+            ["ws://a:1", "ws://b:2", "ws://c:3", "ws://a:1", "ws://b:2", "ws://c:3", "ws://a:1"]
+        );
+        assert_eq!(p.target(4).base_url, "http://b:2", "wraps around");
+        let bad = plan(&[
+            "--url",
+            "http://a:1",
+            "--url",
+            "https://b:2",
+            "--token",
+            "t",
+            "--connections",
+            "1",
+            "--chats",
+            "1",
+        ]);
+        assert!(bad.expect_err("https").contains("https"));
+    }
+
+    #[test]
+    fn drop_rate_is_a_share_for_websocket_chats() {
+        let base = ["--url", "http://h:1", "--token", "t", "--connections", "1"];
+        let with = |extra: &[&str]| plan(&[&base[..], extra].concat());
+        let p = with(&["--chats", "1", "--drop-rate", "0.25"]).expect("plan");
+        assert_eq!(p.drop_rate, Some(0.25));
+        assert_eq!(with(&["--chats", "1"]).expect("plan").drop_rate, None);
+        for bad in ["-0.1", "1.5", "x", "NaN"] {
+            assert!(
+                with(&["--chats", "1", "--drop-rate", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(with(&["--chats", "1", "--drop-rate", "0.1", "--openai"]).is_err());
+        assert!(with(&["--duration", "1", "--drop-rate", "0.1", "--idle"]).is_err());
     }
 
     #[test]

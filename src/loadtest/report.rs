@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::stats::{round3, LatencySummary, Tally, Totals};
+use super::stats::{round3, LatencySummary, ResumeTally, Tally, Totals};
 use super::{Mode, Plan};
 
 /// The JSON summary. The contract's fields first; the rest describe the run and its cost.
@@ -34,6 +34,27 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_at_end: Option<u64>,
     pub threads: u64,
+    /// Per `--url`, in the order given.
+    pub urls: Vec<UrlSummary>,
+    /// With `--drop-rate`: replies dropped and resumed, and the `seq` checks of every reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumeSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UrlSummary {
+    pub url: String,
+    /// Connections (or request loops) that opened there.
+    pub connected: u64,
+    /// Replies that ended there with `done`.
+    pub chats: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResumeSummary {
+    pub drop_rate: f64,
+    #[serde(flatten)]
+    pub counts: ResumeTally,
 }
 
 impl Summary {
@@ -67,15 +88,38 @@ impl Summary {
             connected: tally.connected,
             open_at_end: (plan.mode == Mode::Idle).then_some(tally.open_at_deadline),
             threads: plan.threads,
+            urls: plan
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(i, target)| {
+                    let got = tally.by_target.get(i).copied().unwrap_or_default();
+                    UrlSummary {
+                        url: target.base_url.clone(),
+                        connected: got.connected,
+                        chats: got.chats,
+                    }
+                })
+                .collect(),
+            resume: plan.drop_rate.map(|drop_rate| ResumeSummary {
+                drop_rate,
+                counts: tally.resume,
+            }),
         }
     }
 
-    /// A run succeeded when anything got through: a chat, or (idle) a connection held.
+    /// A run succeeded when anything got through (a chat, or with `--idle` a connection
+    /// held) and no reply lost or repeated a delta.
     pub fn succeeded(&self) -> bool {
-        match self.open_at_end {
+        let got_through = match self.open_at_end {
             Some(open) => open > 0,
             None => self.chats > 0,
-        }
+        };
+        let intact = self
+            .resume
+            .as_ref()
+            .is_none_or(|r| r.counts.gaps == 0 && r.counts.duplicates == 0);
+        got_through && intact
     }
 
     pub fn to_json(&self) -> String {
@@ -120,6 +164,27 @@ impl Summary {
                 .join(" ")
         };
         let _ = writeln!(out, "  errors     {errors}");
+        if self.urls.len() > 1 {
+            for url in &self.urls {
+                let _ = writeln!(
+                    out,
+                    "  url        {}  {} connected, {} chats",
+                    url.url, url.connected, url.chats
+                );
+            }
+        }
+        if let Some(r) = &self.resume {
+            let _ = writeln!(
+                out,
+                "  resume     drop rate {}: dropped {}  resumed {}  lost {}  gaps {}  duplicates {}",
+                r.drop_rate,
+                r.counts.dropped,
+                r.counts.resumed,
+                r.counts.lost,
+                r.counts.gaps,
+                r.counts.duplicates
+            );
+        }
         // Over a very short run the share says nothing (start-up dominates).
         let share = if self.duration_secs >= 1.0 {
             format!(
@@ -131,5 +196,80 @@ impl Summary {
         };
         let _ = write!(out, "  own cpu    {:.2} s{share}", self.cpu_secs);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadtest::plan::LoadtestArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: LoadtestArgs,
+    }
+
+    fn plan(extra: &[&str]) -> Plan {
+        let base = [
+            "loadtest",
+            "--url",
+            "http://a:1",
+            "--url",
+            "http://b:2",
+            "--token",
+            "t",
+            "--connections",
+            "4",
+            "--chats",
+            "1",
+        ];
+        let wrapper = Wrapper::try_parse_from([&base[..], extra].concat()).expect("args");
+        Plan::from_args(wrapper.args).expect("plan")
+    }
+
+    #[test]
+    fn the_summary_reports_each_url_and_the_resume_checks() {
+        let dropping = plan(&["--drop-rate", "0.5"]);
+        let mut tally = Tally::default();
+        *tally.target(0) = crate::loadtest::stats::TargetTally {
+            connected: 2,
+            chats: 2,
+        };
+        tally.target(1).connected = 2;
+        tally.resume.dropped = 3;
+        tally.resume.resumed = 3;
+        let totals = Totals {
+            chats: 2,
+            ..Totals::default()
+        };
+        let summary = Summary::new(&dropping, &tally, totals, Duration::from_secs(1), 0.0);
+        let json: serde_json::Value = serde_json::from_str(&summary.to_json()).expect("JSON");
+        assert_eq!(
+            json["urls"],
+            serde_json::json!([
+                {"url": "http://a:1", "connected": 2, "chats": 2},
+                {"url": "http://b:2", "connected": 2, "chats": 0},
+            ])
+        );
+        assert_eq!(
+            json["resume"],
+            serde_json::json!({"drop_rate": 0.5, "dropped": 3, "resumed": 3, "lost": 0, "gaps": 0, "duplicates": 0})
+        );
+        assert!(summary.succeeded());
+        assert!(summary.to_text().contains("resumed 3"));
+
+        tally.resume.duplicates = 1;
+        let summary = Summary::new(&dropping, &tally, totals, Duration::from_secs(1), 0.0);
+        assert!(!summary.succeeded(), "a duplicate delta fails the run");
+        tally.resume.duplicates = 0;
+        tally.resume.gaps = 2;
+        let summary = Summary::new(&dropping, &tally, totals, Duration::from_secs(1), 0.0);
+        assert!(!summary.succeeded(), "a gap fails the run");
+
+        let summary = Summary::new(&plan(&[]), &tally, totals, Duration::ZERO, 0.0);
+        assert!(summary.resume.is_none(), "no --drop-rate, no resume report");
+        assert!(!summary.to_json().contains("resume"));
     }
 }

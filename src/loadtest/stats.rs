@@ -124,6 +124,46 @@ pub struct Tally {
     pub open_at_deadline: u64,
     /// When the last chat of this thread ended, to measure the run up to its real end.
     pub last_reply_at: Option<Instant>,
+    /// Per `--url`, in the order given.
+    pub by_target: Vec<TargetTally>,
+    /// `--drop-rate`: what dropping and resuming replies did.
+    pub resume: ResumeTally,
+}
+
+/// What one `--url` got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TargetTally {
+    /// Connections that opened there (first opens; reconnects after a drop not counted).
+    pub connected: u64,
+    /// Replies that ended there with `done`.
+    pub chats: u64,
+}
+
+/// Replies dropped mid-way and resumed, and what their `seq` numbers showed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ResumeTally {
+    /// Connections dropped mid-reply (closed without a close frame).
+    pub dropped: u64,
+    /// Dropped replies that got the rest of their frames, to their `done` or `error`.
+    pub resumed: u64,
+    /// Dropped replies that could not be resumed: the session did not come back
+    /// (`resume_session_lost`), the reply was not kept (`resume_not_found`), or the server
+    /// refused the `resume` frame (`resume_refused`).
+    pub lost: u64,
+    /// Deltas missing from a reply: a `seq` skipped, or fewer than the reply's `last_seq`.
+    pub gaps: u64,
+    /// Deltas received twice (a `seq` not above the last one seen).
+    pub duplicates: u64,
+}
+
+impl ResumeTally {
+    fn merge(&mut self, other: &ResumeTally) {
+        self.dropped += other.dropped;
+        self.resumed += other.resumed;
+        self.lost += other.lost;
+        self.gaps += other.gaps;
+        self.duplicates += other.duplicates;
+    }
 }
 
 impl Tally {
@@ -134,6 +174,14 @@ impl Tally {
                 self.errors.insert(code.to_string(), 1);
             }
         }
+    }
+
+    /// The tally of `--url` number `index`.
+    pub fn target(&mut self, index: usize) -> &mut TargetTally {
+        if self.by_target.len() <= index {
+            self.by_target.resize(index + 1, TargetTally::default());
+        }
+        &mut self.by_target[index]
     }
 
     pub fn reply_ended(&mut self, at: Instant) {
@@ -147,6 +195,12 @@ impl Tally {
         }
         self.connected += other.connected;
         self.open_at_deadline += other.open_at_deadline;
+        for (i, target) in other.by_target.iter().enumerate() {
+            let mine = self.target(i);
+            mine.connected += target.connected;
+            mine.chats += target.chats;
+        }
+        self.resume.merge(&other.resume);
         self.last_reply_at = match (self.last_reply_at, other.last_reply_at) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -195,7 +249,26 @@ mod tests {
         b.error("rate_limited");
         b.error("connect_failed");
         b.reply_ended(now + Duration::from_secs(1));
+        a.target(0).chats = 3;
+        b.target(1).chats = 2;
+        b.target(0).connected = 1;
+        b.resume.gaps = 1;
+        a.resume.dropped = 2;
         a.merge(b);
+        assert_eq!(
+            a.by_target,
+            [
+                TargetTally {
+                    connected: 1,
+                    chats: 3
+                },
+                TargetTally {
+                    connected: 0,
+                    chats: 2
+                }
+            ]
+        );
+        assert_eq!((a.resume.dropped, a.resume.gaps), (2, 1));
         assert_eq!(a.errors["rate_limited"], 2);
         assert_eq!(a.errors["connect_failed"], 1);
         assert_eq!(a.last_reply_at, Some(now + Duration::from_secs(1)));

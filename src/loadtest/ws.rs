@@ -1,5 +1,7 @@
 //! One chat WebSocket: open it and read the `session` frame, wait for the chat phase, then
 //! chat back to back (or, in idle mode, only hold it), answering the server's pings all along.
+//! With `--drop-rate`, some replies lose their connection mid-way and are resumed on a new
+//! one (see `resume.rs` for how their deltas are checked).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -15,6 +17,7 @@ use awc::BoxedSocket;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 
+use super::resume::{resume_frame, DropDice, SeqCheck};
 use super::stats::Counters;
 use super::{Mode, ThreadContext, CONNECT_TIMEOUT};
 
@@ -29,6 +32,8 @@ enum Ended {
     Protocol,
     /// A reply (or the opening) took longer than allowed.
     Timeout,
+    /// Reopening the connection after a drop failed (the opening's own code).
+    Reconnect(Cow<'static, str>),
 }
 
 impl Ended {
@@ -38,6 +43,7 @@ impl Ended {
             Ended::Closed(None) => "closed".into(),
             Ended::Protocol => "protocol_error".into(),
             Ended::Timeout => "timeout".into(),
+            Ended::Reconnect(code) => format!("reconnect_{code}").into(),
         }
     }
 }
@@ -56,6 +62,65 @@ struct FrameView<'a> {
     retry_after_ms: Option<u64>,
     #[serde(default)]
     cancelled: bool,
+    /// `delta`: its number within the reply.
+    #[serde(default)]
+    seq: Option<u64>,
+    /// `session`: the session and whether it was resumed, with the replies it keeps.
+    #[serde(borrow, default)]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    resumed: bool,
+    #[serde(borrow, default)]
+    replies: Vec<KeptReplyView<'a>>,
+}
+
+/// An entry of a resumed `session` frame's `replies`.
+#[derive(Deserialize)]
+struct KeptReplyView<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    state: Option<Cow<'a, str>>,
+    #[serde(default)]
+    last_seq: u64,
+}
+
+/// What the `session` frame of an opened connection said.
+#[derive(Debug, Default)]
+struct Session {
+    id: String,
+    resumed: bool,
+    /// (reply id, `last_seq`) of the kept replies that already ended.
+    ended_replies: Vec<(String, u64)>,
+}
+
+impl Session {
+    fn from_frame(frame: &FrameView<'_>) -> Session {
+        Session {
+            id: frame.session_id.as_deref().unwrap_or_default().to_string(),
+            resumed: frame.resumed,
+            ended_replies: frame
+                .replies
+                .iter()
+                .filter(|r| r.state.as_deref().is_some_and(|s| s != "running"))
+                .map(|r| (r.id.to_string(), r.last_seq))
+                .collect(),
+        }
+    }
+}
+
+/// Where a connection goes: its `--url` (the next one after each drop) and its session.
+struct Link {
+    connection: u64,
+    target: usize,
+    session: Session,
+}
+
+/// How far reading a reply got.
+enum Step {
+    Ended(ReplyEnd),
+    /// The delta after which to drop the connection arrived.
+    Drop,
 }
 
 /// How one reply ended.
@@ -84,13 +149,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const CHAT_PREFIX: &str = r#"{"type":"chat","id":""#;
 
 pub(super) async fn drive(connection: u64, ctx: &ThreadContext) {
-    let opened = {
-        // The semaphore is never closed, so acquiring cannot fail.
-        let _slot = ctx.connect_slots.acquire().await;
-        open(connection, ctx).await
+    let mut link = Link {
+        connection,
+        target: ctx.plan.target_index(connection),
+        session: Session::default(),
     };
-    let mut socket = match opened {
+    let socket = match open_slotted(&mut link, ctx).await {
         Ok(socket) => {
+            ctx.tally.borrow_mut().target(link.target).connected += 1;
             ctx.settled(true);
             socket
         }
@@ -101,12 +167,15 @@ pub(super) async fn drive(connection: u64, ctx: &ThreadContext) {
         }
     };
     let result = match ctx.plan.mode {
-        Mode::Idle => hold_idle(&mut socket, ctx).await,
-        _ => chat(&mut socket, ctx).await,
+        Mode::Idle => {
+            let mut socket = socket;
+            hold_idle(&mut socket, ctx).await.map(|()| socket)
+        }
+        _ => chat(socket, &mut link, ctx).await,
     };
     ctx.closed();
     match result {
-        Ok(()) => {
+        Ok(mut socket) => {
             let close = socket.send(Message::Close(Some(CloseReason {
                 code: CloseCode::Normal,
                 description: None,
@@ -117,13 +186,24 @@ pub(super) async fn drive(connection: u64, ctx: &ThreadContext) {
     }
 }
 
-/// TCP, the upgrade, and the `session` frame, which the server sends first.
-async fn open(connection: u64, ctx: &ThreadContext) -> Result<Socket, Cow<'static, str>> {
-    let url = format!(
+/// Opens `link`'s connection, taking one of the thread's handshake slots for it.
+async fn open_slotted(link: &mut Link, ctx: &ThreadContext) -> Result<Socket, Cow<'static, str>> {
+    // The semaphore is never closed, so acquiring cannot fail.
+    let _slot = ctx.connect_slots.acquire().await;
+    open(link, ctx).await
+}
+
+/// TCP, the upgrade, and the `session` frame, which the server sends first (asking to resume
+/// `link`'s session when it has one); the frame's word goes into `link.session`.
+async fn open(link: &mut Link, ctx: &ThreadContext) -> Result<Socket, Cow<'static, str>> {
+    let mut url = format!(
         "{}/ws?token={}",
-        ctx.plan.ws_url,
-        query_escape(ctx.plan.token_for(connection))
+        ctx.plan.target(link.target).ws_url,
+        query_escape(ctx.plan.token_for(link.connection))
     );
+    if !link.session.id.is_empty() {
+        let _ = write!(url, "&session_id={}", query_escape(&link.session.id));
+    }
     let connecting = ctx.http.ws(url).max_frame_size(1 << 20).connect();
     let mut socket = match actix_web::rt::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => return Err("connect_timeout".into()),
@@ -140,7 +220,10 @@ async fn open(connection: u64, ctx: &ThreadContext) -> Result<Socket, Cow<'stati
     loop {
         match next(&mut socket, ctx, &mut timer).await {
             Ok(Next::Text(bytes)) => match serde_json::from_slice::<FrameView>(&bytes) {
-                Ok(frame) if frame.kind == "session" => return Ok(socket),
+                Ok(frame) if frame.kind == "session" => {
+                    link.session = Session::from_frame(&frame);
+                    return Ok(socket);
+                }
                 _ => ctx.error("unexpected_frame"),
             },
             Ok(Next::Until(())) => return Err("connect_timeout".into()),
@@ -181,10 +264,11 @@ async fn hold_idle(socket: &mut Socket, ctx: &ThreadContext) -> Result<(), Ended
     Ok(())
 }
 
-/// Chats back to back until the plan says stop.
-async fn chat(socket: &mut Socket, ctx: &ThreadContext) -> Result<(), Ended> {
+/// Chats back to back until the plan says stop; returns the connection it ends on (a drop
+/// replaces it).
+async fn chat(mut socket: Socket, link: &mut Link, ctx: &ThreadContext) -> Result<Socket, Ended> {
     let plan = &ctx.plan;
-    let start = hold(socket, ctx, &mut Box::pin(ctx.started())).await?;
+    let start = hold(&mut socket, ctx, &mut Box::pin(ctx.started())).await?;
     let deadline = plan.deadline(start);
     // Everything after the id is the same for every chat: encode it once.
     let suffix = format!(
@@ -195,6 +279,7 @@ async fn chat(socket: &mut Socket, ctx: &ThreadContext) -> Result<(), Ended> {
     let mut timer = pin!(actix_web::rt::time::sleep(plan.reply_timeout));
     let mut id = String::with_capacity(20);
     let mut sent = 0u64;
+    let mut dice = DropDice::new(link.connection, plan.drop_rate.unwrap_or(0.0));
     while plan.another_chat(sent, deadline) {
         id.clear();
         let _ = write!(id, "{sent}");
@@ -209,12 +294,31 @@ async fn chat(socket: &mut Socket, ctx: &ThreadContext) -> Result<(), Ended> {
             .await
             .map_err(|_| Ended::Closed(None))?;
         sent += 1;
-        let end = reply(socket, ctx, &id, &mut timer).await?;
+        let drop_after = dice.roll(u64::from(plan.words));
+        let mut seqs = SeqCheck::default();
+        let end = match reply(&mut socket, ctx, &id, &mut timer, &mut seqs, drop_after).await? {
+            Step::Ended(end) => {
+                seqs.ended(None);
+                end
+            }
+            Step::Drop => {
+                let (resumed, end) = resume(socket, link, ctx, &id, &mut timer, &mut seqs).await?;
+                socket = resumed;
+                end
+            }
+        };
+        if plan.drop_rate.is_some() {
+            let mut tally = ctx.tally.borrow_mut();
+            tally.resume.gaps += seqs.gaps;
+            tally.resume.duplicates += seqs.duplicates;
+        }
         let now = Instant::now();
         ctx.tally.borrow_mut().reply_ended(now);
         match end {
             ReplyEnd::Done => {
-                ctx.tally.borrow_mut().latencies.record(now - sent_at);
+                let mut tally = ctx.tally.borrow_mut();
+                tally.latencies.record(now - sent_at);
+                tally.target(link.target).chats += 1;
                 Counters::add(&ctx.counters().chats, 1);
             }
             ReplyEnd::Cancelled => ctx.error("cancelled"),
@@ -229,7 +333,7 @@ async fn chat(socket: &mut Socket, ctx: &ThreadContext) -> Result<(), Ended> {
                         until = until.min(deadline);
                     }
                     hold(
-                        socket,
+                        &mut socket,
                         ctx,
                         &mut pin!(actix_web::rt::time::sleep_until(until.into())),
                     )
@@ -238,16 +342,79 @@ async fn chat(socket: &mut Socket, ctx: &ThreadContext) -> Result<(), Ended> {
             }
         }
     }
-    Ok(())
+    Ok(socket)
 }
 
-/// Reads the frames of reply `id` up to its `done` or `error`, counting its deltas.
+/// Drops `socket` mid-reply the way a network change does (no close frame), reconnects to
+/// the next `--url` with the session's id, and asks for the rest of reply `id` after the last
+/// `seq` seen. Returns the new connection and how the reply ended; a reply that cannot be
+/// resumed ends as an error (`resume_session_lost`, `resume_not_found`, `resume_refused`).
+async fn resume<F: Future<Output = ()> + Unpin>(
+    socket: Socket,
+    link: &mut Link,
+    ctx: &ThreadContext,
+    id: &str,
+    timer: &mut F,
+    seqs: &mut SeqCheck,
+) -> Result<(Socket, ReplyEnd), Ended> {
+    drop(socket);
+    ctx.tally.borrow_mut().resume.dropped += 1;
+    link.target = (link.target + 1) % ctx.plan.targets.len();
+    let mut socket = open_slotted(link, ctx).await.map_err(Ended::Reconnect)?;
+    let lost = |code: &str| {
+        ctx.tally.borrow_mut().resume.lost += 1;
+        ReplyEnd::Error {
+            code: code.to_string(),
+            retry_after_ms: None,
+        }
+    };
+    if !link.session.resumed {
+        // A fresh session: the reply went with the old one. Chatting goes on in this one.
+        return Ok((socket, lost("resume_session_lost")));
+    }
+    let announced_last = link
+        .session
+        .ended_replies
+        .iter()
+        .find(|(reply, _)| reply == id)
+        .map(|(_, last_seq)| *last_seq);
+    socket
+        .send(Message::Text(resume_frame(id, seqs.last()).into()))
+        .await
+        .map_err(|_| Ended::Closed(None))?;
+    let end = match reply(&mut socket, ctx, id, timer, seqs, None).await? {
+        // The reply is no longer kept.
+        Step::Ended(ReplyEnd::Error { code, .. }) if code == "not_found" => {
+            return Ok((socket, lost("resume_not_found")))
+        }
+        // The `resume` frame itself was refused (a server without resumable replies).
+        Step::Ended(ReplyEnd::Error { code, .. }) if code == "bad_request" => {
+            return Ok((socket, lost("resume_refused")))
+        }
+        Step::Ended(end) => end,
+        // Not asked for: a reply is dropped at most once.
+        Step::Drop => ReplyEnd::Error {
+            code: "resume_dropped_twice".into(),
+            retry_after_ms: None,
+        },
+    };
+    seqs.ended(announced_last);
+    ctx.tally.borrow_mut().resume.resumed += 1;
+    Ok((socket, end))
+}
+
+/// Reads the frames of reply `id` up to its `done` or `error`, counting its deltas and
+/// checking their `seq`; stops early once `drop_after` of its deltas have arrived (this
+/// connection's share, counted from the reply's start).
 async fn reply<F: Future<Output = ()> + Unpin>(
     socket: &mut Socket,
     ctx: &ThreadContext,
     id: &str,
     timer: &mut F,
-) -> Result<ReplyEnd, Ended> {
+    seqs: &mut SeqCheck,
+    drop_after: Option<u64>,
+) -> Result<Step, Ended> {
+    let mut deltas = 0u64;
     loop {
         let bytes = match next(socket, ctx, timer).await? {
             Next::Text(bytes) => bytes,
@@ -259,20 +426,27 @@ async fn reply<F: Future<Output = ()> + Unpin>(
         };
         let ours = frame.id.as_deref() == Some(id);
         match &*frame.kind {
-            "delta" if ours => Counters::add(&ctx.counters().deltas, 1),
+            "delta" if ours => {
+                Counters::add(&ctx.counters().deltas, 1);
+                seqs.delta(frame.seq);
+                deltas += 1;
+                if drop_after == Some(deltas) {
+                    return Ok(Step::Drop);
+                }
+            }
             "done" if ours => {
-                return Ok(if frame.cancelled {
+                return Ok(Step::Ended(if frame.cancelled {
                     ReplyEnd::Cancelled
                 } else {
                     ReplyEnd::Done
-                })
+                }))
             }
             // An error without an id is about a frame the server could not read: ours.
             "error" if ours || frame.id.is_none() => {
-                return Ok(ReplyEnd::Error {
+                return Ok(Step::Ended(ReplyEnd::Error {
                     code: frame.code.as_deref().unwrap_or("error").to_string(),
                     retry_after_ms: frame.retry_after_ms,
-                })
+                }))
             }
             "pong" => {}
             _ => ctx.error("unexpected_frame"),
@@ -350,7 +524,34 @@ mod tests {
             serde_json::from_str(r#"{"type":"session","session_id":"s","resumed":false}"#)
                 .expect("session");
         assert_eq!(session.kind, "session");
+        assert!(!Session::from_frame(&session).resumed);
         assert!(serde_json::from_str::<FrameView>(r#"{"id":"x"}"#).is_err());
+        let delta: FrameView =
+            serde_json::from_str(r#"{"type":"delta","id":"7","content":"w1","seq":3}"#)
+                .expect("delta");
+        assert_eq!(delta.seq, Some(3));
+        let old: FrameView =
+            serde_json::from_str(r#"{"type":"delta","id":"7","content":"w1"}"#).expect("delta");
+        assert_eq!(old.seq, None, "a server without seq still parses");
+    }
+
+    #[test]
+    fn a_resumed_session_frame_names_the_replies_that_ended() {
+        let frame: FrameView = serde_json::from_str(
+            r#"{"type":"session","session_id":"s1","resumed":true,"replies":[
+                {"id":"c1","state":"running","last_seq":17},
+                {"id":"c2","state":"done","last_seq":9},
+                {"id":"c3","state":"cancelled","last_seq":2}]}"#,
+        )
+        .expect("session");
+        let session = Session::from_frame(&frame);
+        assert_eq!(session.id, "s1");
+        assert!(session.resumed);
+        assert_eq!(
+            session.ended_replies,
+            [("c2".to_string(), 9), ("c3".to_string(), 2)],
+            "a running reply's last_seq is not its end"
+        );
     }
 
     #[test]

@@ -187,6 +187,7 @@ pub fn ending<'a>(id: &'a str, event: &'a ChatEvent) -> Vec<ServerFrame<'a>> {
         cancelled,
         finish_reason,
         tool_calls,
+        quota,
     } = event
     else {
         return Vec::new();
@@ -204,6 +205,7 @@ pub fn ending<'a>(id: &'a str, event: &'a ChatEvent) -> Vec<ServerFrame<'a>> {
         latency_ms: *latency_ms,
         cancelled: *cancelled,
         finish_reason,
+        quota: *quota,
     });
     frames
 }
@@ -352,6 +354,11 @@ mod tests {
                     arguments: "{\"city\":\"Paris\"}".into(),
                 },
             }],
+            quota: crate::domain::QuotaReceipt {
+                used: 1,
+                limit: 9,
+                resets_at: chrono::DateTime::from_timestamp(1_796_083_200, 0).expect("time"),
+            },
         };
         let frames: Vec<String> = ending("c1", &event)
             .iter()
@@ -361,7 +368,7 @@ mod tests {
             frames,
             [
                 r#"{"type":"tool_calls","id":"c1","calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}"#,
-                r#"{"type":"done","id":"c1","usage":{"prompt_tokens":1,"completion_tokens":2},"latency_ms":3,"cancelled":false,"finish_reason":"tool_calls"}"#,
+                r#"{"type":"done","id":"c1","usage":{"prompt_tokens":1,"completion_tokens":2},"latency_ms":3,"cancelled":false,"finish_reason":"tool_calls","quota":{"used":1,"limit":9,"resets_at":"2026-12-01T00:00:00Z"}}"#,
             ]
         );
     }

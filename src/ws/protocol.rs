@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chat_frames::{ChatFields, ChatFrame};
 use crate::domain::message::ToolCall;
-use crate::domain::ChatId;
+use crate::domain::{ChatId, QuotaReceipt};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::Usage;
 
@@ -111,6 +111,8 @@ pub enum ServerFrame<'a> {
         cancelled: bool,
         /// `stop`, `length`, `tool_calls`, `content_filter` (as the model said), or `cancelled`.
         finish_reason: &'a str,
+        /// The user's standing after this chat.
+        quota: QuotaReceipt,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -241,10 +243,15 @@ mod tests {
             latency_ms: 3,
             cancelled: false,
             finish_reason: "stop",
+            quota: QuotaReceipt {
+                used: 2,
+                limit: 5,
+                resets_at: chrono::DateTime::from_timestamp(1_796_083_200, 0).expect("time"),
+            },
         };
         assert_eq!(
             done.to_json(),
-            r#"{"type":"done","id":"c1","usage":{"prompt_tokens":2,"completion_tokens":2},"latency_ms":3,"cancelled":false,"finish_reason":"stop"}"#
+            r#"{"type":"done","id":"c1","usage":{"prompt_tokens":2,"completion_tokens":2},"latency_ms":3,"cancelled":false,"finish_reason":"stop","quota":{"used":2,"limit":5,"resets_at":"2026-12-01T00:00:00Z"}}"#
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
         assert_eq!(

@@ -25,11 +25,17 @@ async fn spawn_roomy_app() -> TestApp {
 
 /// Runs the binary's loadtest off the test's runtime (the app being driven lives on it).
 async fn loadtest(app: &TestApp, extra: &[&str]) -> Value {
+    loadtest_urls(&[app], extra).await
+}
+
+/// The same against several apps, one `--url` each.
+async fn loadtest_urls(apps: &[&TestApp], extra: &[&str]) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+    cmd.arg("loadtest");
+    for app in apps {
+        cmd.args(["--url", &app.base_url]);
+    }
     cmd.args([
-        "loadtest",
-        "--url",
-        &app.base_url,
         "--secret",
         TEST_SECRET,
         "--users",
@@ -97,6 +103,11 @@ async fn check_against_server(app: &TestApp, admin: &str, before: f64, summary: 
     let chats = summary["chats"].as_u64().expect("chats");
     assert_eq!(chats, CONNECTIONS * CHATS_PER_CONNECTION, "{summary}");
     assert_eq!(
+        summary["urls"],
+        serde_json::json!([{"url": app.base_url, "connected": CONNECTIONS, "chats": chats}]),
+        "{summary}"
+    );
+    assert_eq!(
         summary["deltas"].as_u64(),
         Some(chats * WORDS),
         "echo sends one delta per word: {summary}"
@@ -149,6 +160,54 @@ async fn loadtest_chats_equal_the_servers_request_counter_delta() {
     let before = ok_counter(&app, &admin).await;
     let summary = loadtest(&app, &["--threads", "2"]).await;
     check_against_server(&app, &admin, before, &summary).await;
+}
+
+#[actix_web::test]
+async fn loadtest_spreads_its_connections_over_every_url_in_turn() {
+    let apps = [spawn_roomy_app().await, spawn_roomy_app().await];
+    // One secret for both apps: one admin token reads both.
+    let admin = apps[0].admin_token("ops");
+    let admin = admin.as_str();
+    let before = [
+        ok_counter(&apps[0], admin).await,
+        ok_counter(&apps[1], admin).await,
+    ];
+    for extra in [&[][..], &["--openai"][..]] {
+        let before_run = [
+            ok_counter(&apps[0], admin).await,
+            ok_counter(&apps[1], admin).await,
+        ];
+        let summary = loadtest_urls(&[&apps[0], &apps[1]], extra).await;
+        let chats = summary["chats"].as_u64().expect("chats");
+        assert_eq!(chats, CONNECTIONS * CHATS_PER_CONNECTION, "{summary}");
+        assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+        // Round-robin: connections 0 and 2 on the first URL, 1 and 3 on the second.
+        let half = CONNECTIONS / 2;
+        let per_url = half * CHATS_PER_CONNECTION;
+        assert_eq!(
+            summary["urls"],
+            serde_json::json!([
+                {"url": apps[0].base_url, "connected": half, "chats": per_url},
+                {"url": apps[1].base_url, "connected": half, "chats": per_url},
+            ]),
+            "{summary}"
+        );
+        // Each server served exactly its half, by its own count.
+        for (app, before) in apps.iter().zip(before_run) {
+            let expected = before + per_url as f64;
+            eventually(
+                "each server's ok counter grows by its share",
+                Duration::from_secs(10),
+                || async move { (ok_counter(app, admin).await == expected).then_some(()) },
+            )
+            .await;
+        }
+    }
+    let after = [
+        ok_counter(&apps[0], admin).await,
+        ok_counter(&apps[1], admin).await,
+    ];
+    assert_eq!(after[0] - before[0], after[1] - before[1], "an even spread");
 }
 
 #[actix_web::test]

@@ -28,6 +28,7 @@ mod openapi;
 mod process;
 mod quota_leasing;
 mod quota_primitive;
+mod quota_receipts;
 mod shutdown;
 mod shutdown_faults;
 mod stalled_sockets;

@@ -307,6 +307,18 @@ async function main() {
   }
   await eventually('errors/s counting admission refusals', 5000, async () => Number(await page.textContent('#t-eps')) > 0);
   log(`ok: 3 admission refusals show in errors/s (${await page.textContent('#t-eps')})`);
+  // Replies awaiting resume: the feed's top-level `replies.awaiting_resume` when the server
+  // has resumable replies, else the tile says "–" (and nothing on the page breaks).
+  {
+    const metrics = await adminCall(base, admin, 'GET', '/admin/metrics?recent=0');
+    check(metrics.status === 200, `GET /admin/metrics: ${metrics.status}`);
+    const served = typeof metrics.body?.replies?.awaiting_resume === 'number';
+    const tile = await eventually('the replies tile filled by a frame', 3000, async () => {
+      const text = (await page.textContent('#t-awaiting')).trim();
+      return (served ? /^[\d,]+$/.test(text) : text === '–') && text;
+    });
+    log(`ok: replies awaiting resume tile shows ${tile} (server ${served ? 'reports' : 'does not report'} replies.awaiting_resume)`);
+  }
   await page.click('.seg button[data-window="hour"]');
   check(await countOf(page, 'echo') === '12' && await countOf(page, 'echo2') === '8', 'hour window has the same counts');
   await page.click('.seg button[data-window="minute"]');

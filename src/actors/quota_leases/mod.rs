@@ -242,11 +242,11 @@ impl Handler<TakeQuota> for QuotaLeases {
     fn handle(&mut self, msg: TakeQuota, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.now_ms();
         match self.book.admit(&msg.user, msg.day, now) {
-            Admission::Taken => {
+            Admission::Taken(standing) => {
                 if self.book.wants_write_now() {
                     self.write(false, ctx);
                 }
-                actix::Response::reply(Ok(QuotaTake::Taken))
+                actix::Response::reply(Ok(QuotaTake::Taken(standing)))
             }
             Admission::Refused(err) => actix::Response::reply(Err(err)),
             Admission::NeedsReservation => {

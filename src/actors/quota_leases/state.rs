@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use crate::db::queries::quota::{LeaseState, LeaseWrite};
-use crate::domain::{QuotaDay, QuotaTake, UserId};
+use crate::domain::{QuotaDay, QuotaStanding, QuotaTake, UserId};
 use crate::error::AppError;
 
 /// How leases are sized and kept. All times are milliseconds on the caller's clock.
@@ -29,8 +29,8 @@ pub struct LeaseSettings {
 /// What `admit` decided.
 #[derive(Debug)]
 pub enum Admission {
-    /// A free unit of the block is the chat's.
-    Taken,
+    /// A free unit of the block is the chat's; the user's standing with it counted.
+    Taken(QuotaStanding),
     /// No free unit: register a waiter with [`LeaseBook::wait`]; it is answered when the
     /// next reservation is written.
     NeedsReservation,
@@ -62,9 +62,11 @@ struct Block<W> {
     admits_since_settle: u32,
     /// Admissions per settle interval, smoothed.
     rate: f64,
-    /// The user's standing at the last write: limit, and units used or held by anyone.
+    /// The user's standing at the last write: limit, units used or held by anyone, and
+    /// units settled by anyone (this instance's `acked_used` among them).
     limit: i64,
     taken_by_all: i64,
+    settled_by_all: i64,
     disabled: bool,
 }
 
@@ -87,12 +89,23 @@ impl<W> Block<W> {
             rate: 0.0,
             limit: i64::MAX,
             taken_by_all: 0,
+            settled_by_all: 0,
             disabled: false,
         }
     }
 
     fn free(&self) -> i64 {
         self.granted - self.used - self.released
+    }
+
+    /// The user's units for the day as this instance knows them: settled by every instance
+    /// at the last write, plus what this instance's chats kept (or gave back) since. No
+    /// database statement: it is what a chat's receipt says.
+    fn standing(&self) -> QuotaStanding {
+        QuotaStanding {
+            used: self.settled_by_all + self.used - self.acked_used,
+            limit: self.limit,
+        }
     }
 
     fn dirty(&self) -> bool {
@@ -178,7 +191,7 @@ impl<W> LeaseBook<W> {
                 block.top_up = true;
                 self.top_up_wanted = true;
             }
-            return Admission::Taken;
+            return Admission::Taken(block.standing());
         }
         if self.shutting_down {
             return Admission::Refused(AppError::Unavailable(
@@ -418,6 +431,7 @@ impl<W> Block<W> {
         self.granted = state.granted;
         self.limit = state.limit;
         self.taken_by_all = state.used + state.reserved;
+        self.settled_by_all = state.used;
         self.disabled = state.disabled;
         if self.asked > 0 {
             self.exhausted = grant < self.asked;
@@ -427,14 +441,18 @@ impl<W> Block<W> {
         } else {
             (self.free().max(0) as usize).min(self.waiters.len())
         };
+        let before = self.standing();
         self.used += served as i64;
         self.admits_since_settle += served as u32;
         let mut answered = served;
-        answers.extend(
-            self.waiters
-                .drain(..served)
-                .map(|w| (w, Ok(QuotaTake::Taken))),
-        );
+        // Each waiter's receipt counts the ones served before it.
+        answers.extend(self.waiters.drain(..served).zip(1..).map(|(w, n)| {
+            let standing = QuotaStanding {
+                used: before.used + n,
+                ..before
+            };
+            (w, Ok(QuotaTake::Taken(standing)))
+        }));
         if !self.waiters.is_empty() {
             if self.disabled {
                 for w in self.waiters.drain(..) {

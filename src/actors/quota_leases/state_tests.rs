@@ -103,16 +103,16 @@ fn first_chat_waits_for_one_reservation_and_the_next_do_not() {
     book.wait(&u, d, 7, 0);
     assert!(book.wants_write_now());
     let answers = round(&mut book, &mut db, d, 0);
-    assert!(matches!(answers[..], [(7, Ok(QuotaTake::Taken))]));
+    assert!(matches!(answers[..], [(7, Ok(QuotaTake::Taken(_)))]));
     // A rare user gets a block of one; it is used up, so the next chat asks again, and the
     // block grows with the user's rate.
     for i in 0..20u32 {
         match book.admit(&u, d, u64::from(i)) {
-            Admission::Taken => {}
+            Admission::Taken(_) => {}
             Admission::NeedsReservation => {
                 book.wait(&u, d, i, u64::from(i));
                 let answers = round(&mut book, &mut db, d, u64::from(i));
-                assert!(matches!(answers[..], [(_, Ok(QuotaTake::Taken))]));
+                assert!(matches!(answers[..], [(_, Ok(QuotaTake::Taken(_)))]));
             }
             Admission::Refused(err) => panic!("refused: {err:?}"),
         }
@@ -123,6 +123,100 @@ fn first_chat_waits_for_one_reservation_and_the_next_do_not() {
     }
     assert!(book.free(&u, d) > 1, "a busy user's block grows");
     assert!(db.reserved + db.used <= 100);
+}
+
+/// The `used` of a chat's receipt, however it was admitted.
+fn receipt(book: &mut LeaseBook<u32>, db: &mut FakeDb, u: &UserId, d: QuotaDay, now: u64) -> i64 {
+    let standing = match book.admit(u, d, now) {
+        Admission::Taken(standing) => standing,
+        Admission::NeedsReservation => {
+            book.wait(u, d, 0, now);
+            match &round(book, db, d, now)[..] {
+                [(_, Ok(QuotaTake::Taken(standing)))] => *standing,
+                other => panic!("not admitted: {other:?}"),
+            }
+        }
+        Admission::Refused(err) => panic!("refused: {err:?}"),
+    };
+    assert_eq!(standing.limit, db.limit);
+    standing.used
+}
+
+#[test]
+fn receipts_count_every_kept_chat_of_the_day_without_a_write() {
+    let (mut book, mut db) = (LeaseBook::new(settings()), FakeDb::with_limit(50));
+    let (u, d) = (user(), day(10));
+    let mut seen = Vec::new();
+    for i in 0..30u64 {
+        seen.push(receipt(&mut book, &mut db, &u, d, i));
+        if i % 7 == 6 {
+            // Settlements move units from the book to the database's `used`: the count
+            // stays the same.
+            round(&mut book, &mut db, d, i);
+        }
+    }
+    assert_eq!(seen, (1..=30).collect::<Vec<i64>>());
+    // A unit given back is not counted any more, settled or not.
+    assert!(book.give_back(&u, d));
+    assert_eq!(receipt(&mut book, &mut db, &u, d, 40), 30);
+    round(&mut book, &mut db, d, 41);
+    assert!(book.give_back(&u, d));
+    assert_eq!(receipt(&mut book, &mut db, &u, d, 42), 30);
+    // Waiters served by one reservation each count the ones before them.
+    let (mut book, mut db) = (LeaseBook::new(settings()), FakeDb::with_limit(50));
+    for w in 0..3 {
+        assert!(matches!(book.admit(&u, d, 0), Admission::NeedsReservation));
+        book.wait(&u, d, w, 0);
+    }
+    let used: Vec<i64> = round(&mut book, &mut db, d, 0)
+        .into_iter()
+        .map(|(_, answer)| match answer {
+            Ok(QuotaTake::Taken(standing)) => standing.used,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(used, [1, 2, 3]);
+}
+
+#[test]
+fn another_instances_chats_show_in_receipts_once_settled_and_seen() {
+    let mut db = FakeDb::with_limit(100);
+    let mut a: LeaseBook<u32> = LeaseBook::new(settings());
+    let mut b: LeaseBook<u32> = LeaseBook::new(settings());
+    let (u, d) = (user(), day(10));
+    let on = |book: &mut LeaseBook<u32>, db: &mut FakeDb, holder: u32, now: u64| {
+        let standing = match book.admit(&u, d, now) {
+            Admission::Taken(standing) => standing,
+            Admission::NeedsReservation => {
+                book.wait(&u, d, 0, now);
+                let batch = book.next_batch(d, now, true).expect("batch");
+                let states = db.write(holder, &batch);
+                match &book.batch_done(batch, Ok(states), now)[..] {
+                    [(_, Ok(QuotaTake::Taken(standing)))] => *standing,
+                    other => panic!("{other:?}"),
+                }
+            }
+            Admission::Refused(err) => panic!("{err:?}"),
+        };
+        standing.used
+    };
+    assert_eq!(on(&mut a, &mut db, 1, 0), 1);
+    assert_eq!(on(&mut a, &mut db, 1, 1), 2);
+    // B's first chat reserves: the database has A's first chat (A's second reservation
+    // settled it) but not its second (settled at A's next write), so B's receipt lags by one.
+    assert_eq!(on(&mut b, &mut db, 2, 2), 2);
+    let batch = a.next_batch(d, 3, true).expect("A settles");
+    let states = db.write(1, &batch);
+    a.batch_done(batch, Ok(states), 3);
+    assert_eq!(db.used, 2);
+    // B learns the settled count with its own next write.
+    let batch = b.next_batch(d, 4, true).expect("B settles");
+    let states = db.write(2, &batch);
+    b.batch_done(batch, Ok(states), 4);
+    assert_eq!(on(&mut b, &mut db, 2, 5), 4);
+    // A admits from its block without a write: it knows its own 3 chats and nothing of B's
+    // since its last write (5 in truth) — the lag of at most a flush interval.
+    assert_eq!(on(&mut a, &mut db, 1, 6), 3);
 }
 
 /// A user chatting back to back, one chat every `gap_ms`, with the actor's timing: a settle
@@ -152,7 +246,7 @@ fn back_to_back(chats: u32, gap_ms: u64, settle_ms: u64, limit: i64) -> (Vec<boo
             settle = true;
         }
         match book.admit(&u, d, now) {
-            Admission::Taken => {
+            Admission::Taken(_) => {
                 waited.push(false);
                 if book.wants_write_now() || settle {
                     in_flight = book.next_batch(d, now, settle);
@@ -163,7 +257,7 @@ fn back_to_back(chats: u32, gap_ms: u64, settle_ms: u64, limit: i64) -> (Vec<boo
                 book.wait(&u, d, i, now);
                 let batch = book.next_batch(d, now, settle).expect("a reservation");
                 let answers = write(&mut book, batch, now);
-                assert!(matches!(answers[..], [(w, Ok(QuotaTake::Taken))] if w == i));
+                assert!(matches!(answers[..], [(w, Ok(QuotaTake::Taken(_)))] if w == i));
             }
             Admission::Refused(err) => panic!("chat {i} refused: {err:?}"),
         }
@@ -209,7 +303,7 @@ fn the_limit_holds_and_the_rest_are_refused_with_it() {
     let answers = round(&mut book, &mut db, d, 0);
     let taken = answers
         .iter()
-        .filter(|a| matches!(a.1, Ok(QuotaTake::Taken)))
+        .filter(|a| matches!(a.1, Ok(QuotaTake::Taken(_))))
         .count();
     let exceeded = answers
         .iter()
@@ -229,7 +323,7 @@ fn give_back_returns_the_unit_to_the_block_without_a_write() {
     assert!(matches!(book.admit(&u, d, 1), Admission::NeedsReservation));
     assert!(book.give_back(&u, d));
     assert!(!book.wants_write_now());
-    assert!(matches!(book.admit(&u, d, 2), Admission::Taken));
+    assert!(matches!(book.admit(&u, d, 2), Admission::Taken(_)));
     round(&mut book, &mut db, d, 3);
     assert_eq!((db.used, db.reserved), (1, 0));
 }
@@ -297,7 +391,7 @@ fn a_failed_write_fails_waiters_fast_until_a_probe_succeeds() {
         Admission::Refused(AppError::Unavailable(_))
     ));
     if free > 0 {
-        assert!(matches!(book.admit(&u, d, 2), Admission::Taken));
+        assert!(matches!(book.admit(&u, d, 2), Admission::Taken(_)));
     }
     assert!(
         book.next_batch(d, 500, true).is_none(),
@@ -383,13 +477,17 @@ proptest! {
         let mut books: Vec<LeaseBook<u32>> = (0..2).map(|_| LeaseBook::new(settings())).collect();
         let (u, d) = (user(), day(10));
         let mut kept = [0i64; 2];
+        let mut receipts: Vec<(usize, i64, QuotaStanding)> = Vec::new();
         let mut now = 0u64;
         for op in ops {
             match op {
                 Op::Admit(i) => {
                     let book = &mut books[usize::from(i)];
                     match book.admit(&u, d, now) {
-                        Admission::Taken => kept[usize::from(i)] += 1,
+                        Admission::Taken(standing) => {
+                            kept[usize::from(i)] += 1;
+                            receipts.push((usize::from(i), kept[usize::from(i)], standing));
+                        }
                         Admission::NeedsReservation => book.wait(&u, d, 0, now),
                         Admission::Refused(_) => {}
                     }
@@ -412,8 +510,9 @@ proptest! {
                             if lose_answer { Err("answer lost".to_string()) } else { Ok(states) }
                         };
                         for (_, answer) in books[i].batch_done(batch, result, now) {
-                            if let Ok(QuotaTake::Taken) = answer {
+                            if let Ok(QuotaTake::Taken(standing)) = answer {
                                 kept[i] += 1;
+                                receipts.push((i, kept[i], standing));
                             }
                         }
                     }
@@ -427,6 +526,14 @@ proptest! {
                 prop_assert!(kept[i] <= granted.max(0), "instance {i} kept {} of {granted}", kept[i]);
             }
             prop_assert!(db.used + db.reserved <= limit.max(0));
+            // A receipt counts at least the chats its own instance kept (this one among
+            // them) and never more than the limit.
+            for (i, kept_then, standing) in receipts.drain(..) {
+                prop_assert!(
+                    kept_then <= standing.used && standing.used <= limit && standing.limit == limit,
+                    "instance {i}: receipt {standing:?} with {kept_then} kept, limit {limit}"
+                );
+            }
         }
         // Settle and release everything; the database then says exactly what was kept.
         now += 1_000_000;
@@ -435,7 +542,7 @@ proptest! {
                 if let Some(batch) = book.next_batch(d, now, true) {
                     let states = db.write(i as u32, &batch);
                     for (_, answer) in book.batch_done(batch, Ok(states), now) {
-                        if let Ok(QuotaTake::Taken) = answer {
+                        if let Ok(QuotaTake::Taken(_)) = answer {
                             kept[i] += 1;
                         }
                     }

@@ -67,6 +67,8 @@ pub async fn list_models(
 /// A chat in OpenAI's shapes: one `chat.completion`, or with `stream: true` server-sent
 /// `chat.completion.chunk` events ending with `data: [DONE]`. A failure after the stream
 /// began is sent as one `data: {"error":{"code","message"}}` event, and the stream ends.
+/// Replies (and `quota_exceeded` refusals) carry the user's quota standing in
+/// `x-chatgate-quota-*` headers.
 #[utoipa::path(
     tag = "chat",
     security(("bearer_jwt" = [])),
@@ -75,6 +77,10 @@ pub async fn list_models(
         (status = 200, description = "The reply", content(
             (Completion = "application/json"),
             (Chunk = "text/event-stream"),
+        ), headers(
+            ("x-chatgate-quota-used" = i64, description = "The user's chats today with this one, as the answering instance knows them (another instance's may lag by one flush interval)"),
+            ("x-chatgate-quota-limit" = i64, description = "The user's daily limit"),
+            ("x-chatgate-quota-reset" = String, description = "When the quota resets: the next 00:00 UTC, RFC 3339 (`2026-12-01T00:00:00Z`)")
         )),
         ChatRefusals,
     )

@@ -6,12 +6,52 @@ use std::convert::Infallible;
 
 use actix_web::http::header;
 use actix_web::web::Bytes;
-use actix_web::HttpResponse;
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::shapes::{error_event, ReplyMeta, WholeReply};
 use crate::chat::{CancelReason, ChatEvent, ChatHandle};
+use crate::domain::QuotaReceipt;
 use crate::error::AppError;
+
+/// The quota receipt's headers: the numbers of the WebSocket `done` frame's `quota`.
+pub const QUOTA_USED: &str = "x-chatgate-quota-used";
+pub const QUOTA_LIMIT: &str = "x-chatgate-quota-limit";
+/// RFC 3339 in UTC, like `resets_at`: `2026-12-01T00:00:00Z`.
+pub const QUOTA_RESET: &str = "x-chatgate-quota-reset";
+
+fn receipt_headers(receipt: QuotaReceipt) -> [(&'static str, String); 3] {
+    [
+        (QUOTA_USED, receipt.used.to_string()),
+        (QUOTA_LIMIT, receipt.limit.to_string()),
+        (QUOTA_RESET, receipt.resets_at_text()),
+    ]
+}
+
+fn with_receipt(builder: &mut HttpResponseBuilder, receipt: Option<QuotaReceipt>) {
+    for header in receipt.map(receipt_headers).into_iter().flatten() {
+        builder.insert_header(header);
+    }
+}
+
+/// The error response of a chat refused or failed before its reply began; a quota refusal
+/// carries the receipt (every unit used or held) beside `Retry-After`.
+fn refused(err: AppError, events: &mut ChatEvents) -> Result<HttpResponse, AppError> {
+    if !matches!(err, AppError::QuotaExceeded { .. }) {
+        return Err(err);
+    }
+    let mut response = err.error_response();
+    if let Some(receipt) = events.receipt() {
+        let headers = response.headers_mut();
+        for (name, value) in receipt_headers(receipt) {
+            // Digits and an RFC 3339 time: always a valid header value.
+            if let Ok(value) = header::HeaderValue::from_str(&value) {
+                headers.insert(header::HeaderName::from_static(name), value);
+            }
+        }
+    }
+    Ok(response)
+}
 
 /// A chat's events, and the shutdown signal that ends streamed replies.
 pub struct ChatEvents {
@@ -19,6 +59,7 @@ pub struct ChatEvents {
     /// Held for the chat's whole life: the pipeline reads a dropped sender as "client gone".
     cancel: Option<oneshot::Sender<CancelReason>>,
     shutdown: Option<watch::Receiver<bool>>,
+    quota: oneshot::Receiver<QuotaReceipt>,
 }
 
 impl ChatEvents {
@@ -28,7 +69,14 @@ impl ChatEvents {
             events: handle.events,
             cancel: Some(handle.cancel),
             shutdown,
+            quota: handle.quota,
         }
+    }
+
+    /// The chat's quota receipt. The pipeline sends it before its first event, so once an
+    /// event has arrived it is there if there is one.
+    fn receipt(&mut self) -> Option<QuotaReceipt> {
+        self.quota.try_recv().ok()
     }
 
     /// The next event; `None` only if the pipeline vanished without a last event.
@@ -74,12 +122,15 @@ pub async fn complete(mut events: ChatEvents, meta: ReplyMeta) -> Result<HttpRes
                 usage,
                 finish_reason,
                 tool_calls,
+                quota,
                 ..
             } => {
                 let body = meta.completion(reply, usage, &finish_reason, &tool_calls);
-                return Ok(HttpResponse::Ok().json(body));
+                let mut response = HttpResponse::Ok();
+                with_receipt(&mut response, Some(quota));
+                return Ok(response.json(body));
             }
-            ChatEvent::Error(err) => return Err(err),
+            ChatEvent::Error(err) => return refused(err, &mut events),
         }
     }
 }
@@ -88,9 +139,10 @@ pub async fn complete(mut events: ChatEvents, meta: ReplyMeta) -> Result<HttpRes
 /// failed before its first delta is a plain HTTP error with the right status.
 pub async fn stream(mut events: ChatEvents, meta: ReplyMeta) -> Result<HttpResponse, AppError> {
     let first = match events.next().await.ok_or_else(vanished)? {
-        ChatEvent::Error(err) => return Err(err),
+        ChatEvent::Error(err) => return refused(err, &mut events),
         event => event,
     };
+    let receipt = events.receipt();
     let mut opening = meta.opening();
     let (frame, ended) = frame(&meta, first);
     opening.extend_from_slice(&frame);
@@ -100,12 +152,15 @@ pub async fn stream(mut events: ChatEvents, meta: ReplyMeta) -> Result<HttpRespo
         opening: Some(Bytes::from(opening)),
         ended,
     };
-    Ok(HttpResponse::Ok()
+    let mut response = HttpResponse::Ok();
+    response
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         // Reverse proxies (nginx) would otherwise hold deltas back in their buffers.
-        .insert_header(("x-accel-buffering", "no"))
-        .streaming(futures_util::stream::unfold(body, SseBody::next_frame)))
+        .insert_header(("x-accel-buffering", "no"));
+    // Known at admission, so it goes out with the status line, before the first delta.
+    with_receipt(&mut response, receipt);
+    Ok(response.streaming(futures_util::stream::unfold(body, SseBody::next_frame)))
 }
 
 struct SseBody {
