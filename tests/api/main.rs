@@ -4,6 +4,7 @@ mod auth;
 mod chat_ws;
 mod cli;
 mod client_address;
+mod cluster_sessions;
 mod cluster_support;
 mod collector;
 mod connection_cap;
