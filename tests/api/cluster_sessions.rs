@@ -261,7 +261,7 @@ async fn admin_lists_and_stats_count_every_instance() {
     let (_, inactive) = cluster
         .get(1, "/admin/sessions?state=inactive", &admin)
         .await;
-    assert_eq!(ids(&inactive), [carol.clone()]);
+    assert_eq!(ids(&inactive), std::slice::from_ref(&carol));
     assert_eq!(inactive["items"][0]["user"], "carol");
     assert!(inactive["items"][0]["ended_at"].is_string());
 
@@ -327,5 +327,36 @@ async fn sessions_opened_while_redis_is_away_resume_elsewhere_once_it_is_back() 
         },
     )
     .await;
+    assert_eq!(prompt_tokens(&mut ws, "c2", "one two three").await, 7);
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_REDIS_URL and TEST_POSTGRES_URL"]
+async fn a_stopping_instance_leaves_its_sessions_detached_in_redis() {
+    let mut cluster = Cluster::start(2, &[]);
+    let token = cluster.user_token("alice");
+    let (mut ws, session, _) = open_on(&cluster, 0, &token, None).await;
+    assert_eq!(prompt_tokens(&mut ws, "c1", "hello world").await, 2);
+
+    let mut stopping = cluster.instances[0].take().expect("instance 0");
+    stopping.signal("-TERM");
+    assert_eq!(ws.expect_close(Duration::from_secs(10)).await, Some(1001));
+    stopping.wait_exit(Duration::from_secs(15));
+    // Written before it exited: no holder, so no instance waits for it to answer.
+    let client = redis::Client::open(cluster.redis_url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let holder: Option<String> = redis::cmd("HGET")
+        .arg(format!("{}sess:{session}", cluster.prefix))
+        .arg("holder")
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    assert_eq!(holder.as_deref(), Some(""));
+
+    let (mut ws, _, resumed) = open_on(&cluster, 1, &token, Some(&session)).await;
+    assert!(resumed);
     assert_eq!(prompt_tokens(&mut ws, "c2", "one two three").await, 7);
 }

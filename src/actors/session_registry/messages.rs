@@ -62,6 +62,15 @@ pub struct EndSession {
     pub id: SessionId,
 }
 
+/// Answers once every change made so far is written to the shared store (cluster mode; at
+/// once otherwise, or when it is unreachable, or after `within`): at shutdown, so sessions
+/// detached by it are resumable elsewhere straight away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WriteSessionsNow {
+    pub within: std::time::Duration,
+}
+
 /// This instance's sessions, by state (what its own metrics report).
 #[derive(Message)]
 #[rtype(result = "SessionStats")]

@@ -21,6 +21,7 @@ use actix::prelude::*;
 pub use messages::{
     AppendUserMessage, CountSessions, DetachSession, EndSession, GetSessionStats, ListSessions,
     OpenSession, RecordReply, SessionOpened, SessionStats, SessionSummary, StateFilter,
+    WriteSessionsNow,
 };
 pub use state::{HistoryLimits, RegistryState, RowChange};
 pub use store::{
@@ -247,6 +248,14 @@ impl Handler<GetSessionStats> for SessionRegistry {
 
     fn handle(&mut self, _: GetSessionStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.state.stats())
+    }
+}
+
+impl Handler<WriteSessionsNow> for SessionRegistry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: WriteSessionsNow, ctx: &mut Context<Self>) -> Self::Result {
+        self.write_now(msg.within, ctx)
     }
 }
 

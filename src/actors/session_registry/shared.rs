@@ -187,6 +187,24 @@ impl SessionRegistry {
         rx
     }
 
+    /// Resolves once what changed so far is written, or after `within`.
+    pub(super) fn write_now(
+        &mut self,
+        within: Duration,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ()> {
+        if self.shared.is_none() {
+            return Box::pin(fut::ready(()));
+        }
+        let written = self.flush_then(ctx);
+        Box::pin(
+            async move {
+                let _ = tokio::time::timeout(within, written).await;
+            }
+            .into_actor(self),
+        )
+    }
+
     /// Another instance owns `id` now (it claimed it, or an admin ended it): this copy goes,
     /// and a connection still attached to it here is closed.
     fn lose(&mut self, id: &SessionId) {
@@ -446,9 +464,16 @@ impl SessionRegistry {
                 Box::pin(
                     async move {
                         let _ = tokio::time::timeout(LET_GO_WRITE_WAIT, written).await;
-                        Answer::Done
                     }
-                    .into_actor(self),
+                    .into_actor(self)
+                    .map(move |(), act, _| {
+                        // The session is the claimant's now; a copy kept here would only be
+                        // a stale one (unless a socket here resumed it again meanwhile).
+                        if !act.state.is_attached(&id) {
+                            act.state.forget(&id);
+                        }
+                        Answer::Done
+                    }),
                 )
             }
         }
