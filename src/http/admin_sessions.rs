@@ -1,12 +1,14 @@
-//! `/admin/sessions`: the session registry, read and managed. Sessions live in the instance
-//! that holds their connection; the database keeps their rows for history.
+//! `/admin/sessions`: the session registry, read and managed. In cluster mode every answer
+//! covers every instance (the registry reads the shared store, and asks the instance that
+//! holds a session to end it); alone, or while Redis is unreachable, this instance's. The
+//! database keeps the sessions' rows for history.
 
 use actix_web::{delete, get, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::session_registry::{
-    EndSession, GetSessionStats, ListSessions, SessionStats, SessionSummary, StateFilter,
+    CountSessions, EndSession, ListSessions, SessionStats, SessionSummary, StateFilter,
 };
 use crate::actors::socket_watchdog::{CloseTarget, ExpectClose, CLOSE_WITHIN};
 use crate::app_state::AppState;
@@ -16,7 +18,7 @@ use crate::error::{AppError, ErrorBody};
 use crate::http::openapi::AdminRefusals;
 use crate::http::pagination::{decode_cursor, page_limit, Page};
 
-/// Sessions held by this instance, by state.
+/// Sessions by state, on every instance (active = attached to a socket on a live instance).
 #[utoipa::path(
     tag = "admin",
     security(("bearer_jwt" = [])),
@@ -29,7 +31,7 @@ pub async fn session_stats(
 ) -> Result<HttpResponse, AppError> {
     let stats = state
         .registry
-        .send(GetSessionStats)
+        .send(CountSessions)
         .await
         .map_err(|err| AppError::unavailable_mailbox("session_registry", err))?;
     Ok(HttpResponse::Ok().json(stats))
@@ -120,7 +122,7 @@ pub async fn list_sessions(
     )
 }
 
-/// Ends a session; its connection closes with 1008.
+/// Ends a session, on whichever instance holds it; its connection closes with 1008.
 #[utoipa::path(
     tag = "admin",
     security(("bearer_jwt" = [])),

@@ -9,7 +9,7 @@ use crate::actors::db_flusher::Shutdown;
 use crate::actors::live_feed::{CloseSubscribers, GetFeedStats};
 use crate::actors::metrics::GetMetricsSnapshot;
 use crate::actors::quota_leases::ReleaseAll;
-use crate::actors::session_registry::GetSessionStats;
+use crate::actors::session_registry::WriteSessionsNow;
 use crate::actors::socket_watchdog::{CloseTarget, ExpectClose};
 use crate::app_state::AppState;
 
@@ -97,10 +97,13 @@ pub(super) async fn shutdown(state: &AppState, handle: ServerHandle, deadline: D
     // Records of the replies just ended pass through the aggregator, and the ends of sessions
     // through the registry; a round trip to each guarantees their rows reached the flusher's
     // mailbox ahead of its final flush. (A socket detaches its session as it stops, before
-    // it leaves the connection count the loop above waited on.)
+    // it leaves the connection count the loop above waited on.) In cluster mode the registry
+    // answers once the detached sessions are in Redis, resumable on the other instances.
     let _ = futures_util::future::join(
         state.metrics.send(GetMetricsSnapshot { recent_limit: 0 }),
-        state.registry.send(GetSessionStats),
+        state.registry.send(WriteSessionsNow {
+            within: Duration::from_secs(1),
+        }),
     )
     .await;
     let flush_left = until

@@ -12,13 +12,13 @@ use crate::actors::connections::{Connections, RedisSlots};
 use crate::actors::db_flusher::{DbBatchWriter, DbFlusher, FlusherSettings};
 use crate::actors::history_cache::HistoryCache;
 use crate::actors::live_feed::{FeedSettings, LiveFeed};
-use crate::actors::membership::{Membership, NotifyOnRejoin};
+use crate::actors::membership::{self, Membership, NotifyOnRejoin};
 use crate::actors::metrics::MetricsAggregator;
 use crate::actors::origins::Origins;
 use crate::actors::quota_leases::QuotaLeases;
 use crate::actors::rate_limiter::RateLimiter;
 use crate::actors::report::ReportSources;
-use crate::actors::session_registry::{HistoryLimits, SessionRegistry};
+use crate::actors::session_registry::{HistoryLimits, RedisSessionStore, SessionRegistry};
 use crate::actors::socket_watchdog::{SocketWatchdog, WatchdogLimits};
 use crate::app_state::{AppState, ClusterHandles, FeedLimits, GuardLimiters};
 use crate::auth::JwtKeys;
@@ -69,16 +69,7 @@ pub(super) fn start_actors(
         },
     )
     .start();
-    let registry = SessionRegistry::new(
-        HistoryLimits {
-            max_messages: limits.history_max_messages,
-            max_bytes: limits.history_max_bytes,
-        },
-        Duration::from_secs(timers.session_ttl_secs),
-        Duration::from_secs(timers.session_cleanup_secs),
-        flusher.clone(),
-    )
-    .start();
+    let registry = start_registry(&settings, cluster.as_ref(), flusher.clone());
     // In cluster mode the limits hold for all instances together (windows in Redis).
     let shared_link = cluster.as_ref().map(|cluster| &cluster.link);
     let user_window = Duration::from_secs(limits.user_rate_window_secs);
@@ -227,6 +218,47 @@ fn start_connections(
         .membership
         .do_send(NotifyOnRejoin(connections.clone().recipient()));
     connections
+}
+
+/// The session registry; in cluster mode sharing its sessions through Redis and answering
+/// the other instances' commands about the sessions it holds.
+fn start_registry(
+    settings: &Settings,
+    cluster: Option<&ClusterHandles>,
+    flusher: actix::Addr<DbFlusher>,
+) -> actix::Addr<SessionRegistry> {
+    let limits = &settings.limits;
+    let ttl = Duration::from_secs(settings.timers.session_ttl_secs);
+    let registry = SessionRegistry::new(
+        HistoryLimits {
+            max_messages: limits.history_max_messages,
+            max_bytes: limits.history_max_bytes,
+        },
+        ttl,
+        Duration::from_secs(settings.timers.session_cleanup_secs),
+        flusher,
+    );
+    let Some(cluster) = cluster else {
+        return registry.start();
+    };
+    let store = RedisSessionStore::new(cluster.link.clone(), ttl, membership::DEAD_AFTER);
+    let registry = registry
+        .shared_through(
+            std::rc::Rc::new(store),
+            Some(cluster.bus.clone().recipient()),
+            ttl,
+        )
+        .start();
+    for kind in [CommandKind::EndSession, CommandKind::TakeOverSession] {
+        cluster.bus.do_send(RouteCommands {
+            kind,
+            to: registry.clone().recipient(),
+        });
+    }
+    cluster
+        .membership
+        .do_send(NotifyOnRejoin(registry.clone().recipient()));
+    registry
 }
 
 /// Cluster mode's link, bus and membership, when `CHATGATE_REDIS_URL` is set. Redis need not

@@ -10,6 +10,8 @@ use crate::domain::message::{ChatMessage, ToolCall, Turn};
 use crate::domain::{SessionId, UserId};
 use crate::error::AppError;
 
+/// Opens a session for a new connection, or resumes `resume` (of the same user). In cluster
+/// mode a session last held on another instance is taken over from there.
 #[derive(Message)]
 #[rtype(result = "SessionOpened")]
 pub struct OpenSession {
@@ -52,16 +54,33 @@ pub struct RecordReply {
     pub latency_ms: u64,
 }
 
-/// Ends a session now (admin); its connection is closed with 1008.
+/// Ends a session now (admin); its connection is closed with 1008. In cluster mode a session
+/// held by another instance is ended by that instance, asked over the cluster bus.
 #[derive(Message)]
 #[rtype(result = "Result<(), AppError>")]
 pub struct EndSession {
     pub id: SessionId,
 }
 
+/// Answers once every change made so far is written to the shared store (cluster mode; at
+/// once otherwise, or when it is unreachable, or after `within`): at shutdown, so sessions
+/// detached by it are resumable elsewhere straight away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WriteSessionsNow {
+    pub within: std::time::Duration,
+}
+
+/// This instance's sessions, by state (what its own metrics report).
 #[derive(Message)]
 #[rtype(result = "SessionStats")]
 pub struct GetSessionStats;
+
+/// Every instance's sessions, by state: from the shared store in cluster mode (active = held
+/// by a live instance), else, or while it is unreachable, this instance's.
+#[derive(Message)]
+#[rtype(result = "SessionStats")]
+pub struct CountSessions;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -71,7 +90,7 @@ pub enum StateFilter {
     All,
 }
 
-/// A page of sessions, newest first, strictly after `after` = (started_at_ms, id) of the last
+/// A page of sessions (every instance's in cluster mode), newest first, strictly after `after` = (started_at_ms, id) of the last
 /// item of the previous page, so pages stay stable while sessions come and go.
 #[derive(Message)]
 #[rtype(result = "Vec<SessionSummary>")]

@@ -1,7 +1,11 @@
 //! The sessions themselves and every rule about them, with no actix types beyond the
 //! connection handle they hold: tested directly.
+//!
+//! In cluster mode the state also tracks what changed since each session was last written to
+//! the shared store (`track_changes`): which sessions are dirty, and for each, the history
+//! messages appended and dropped since, so a write carries only the difference.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +13,7 @@ use actix::clock::Instant;
 use actix::prelude::*;
 
 use super::messages::{SessionOpened, SessionStats, SessionSummary, StateFilter};
+use super::store::{HistoryWrite, SessionWrite, StoredSession};
 use crate::actors::connections::CloseConnection;
 use crate::db::models::SessionRow;
 use crate::domain::message::{ChatMessage, ChatRole, ToolCall, Turn};
@@ -43,27 +48,72 @@ struct Session {
     ended_at_ms: Option<i64>,
     ended_at: Option<Instant>,
     attachment: Option<Attachment>,
+    sync: SyncMarks,
+}
+
+/// What the shared store lacks of a session's history since its last write: the newest
+/// `appended` messages, and `dropped` messages it still has at the front. `full` asks for the
+/// whole session instead (the store never had it, or what it has is unknown).
+#[derive(Default)]
+struct SyncMarks {
+    appended: usize,
+    dropped: usize,
+    full: bool,
 }
 
 impl Session {
+    fn new(user: UserId, started_at_ms: i64, attachment: Option<Attachment>) -> Session {
+        Session {
+            user,
+            system: None,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            open_calls: Vec::new(),
+            response_ms: VecDeque::new(),
+            messages: 0,
+            started_at_ms,
+            ended_at_ms: None,
+            ended_at: None,
+            attachment,
+            sync: SyncMarks {
+                full: true,
+                ..SyncMarks::default()
+            },
+        }
+    }
+
     fn push(&mut self, message: ChatMessage, limits: &HistoryLimits) {
         self.history_bytes += message.content.len();
         self.history.push_back(message);
+        self.sync.appended += 1;
         // Oldest first out; the newest message always stays, even if alone it is over the cap.
         while self.history.len() > limits.max_messages
             || (self.history_bytes > limits.max_bytes && self.history.len() > 1)
         {
-            match self.history.pop_front() {
-                Some(old) => self.history_bytes -= old.content.len(),
-                None => break,
+            if !self.pop_oldest() {
+                break;
             }
         }
         // Tool results whose call was dropped would be refused upstream: they go with it.
         while self.history.len() > 1 && self.history[0].role == ChatRole::Tool {
-            if let Some(old) = self.history.pop_front() {
-                self.history_bytes -= old.content.len();
-            }
+            self.pop_oldest();
         }
+    }
+
+    fn pop_oldest(&mut self) -> bool {
+        let before = self.history.len();
+        let Some(old) = self.history.pop_front() else {
+            return false;
+        };
+        self.history_bytes -= old.content.len();
+        // The store has the oldest `before - appended` messages; past those, the message
+        // dropped is one it never got.
+        if before > self.sync.appended {
+            self.sync.dropped += 1;
+        } else {
+            self.sync.appended -= 1;
+        }
+        true
     }
 
     /// Tool results must answer calls of the previous reply: an upstream refuses others.
@@ -103,6 +153,8 @@ pub struct RegistryState {
     limits: HistoryLimits,
     ttl: Duration,
     active: usize,
+    /// Sessions changed since their last write to the shared store; `None` without one.
+    dirty: Option<HashSet<SessionId>>,
 }
 
 /// A session row to persist, produced by each state change.
@@ -115,6 +167,20 @@ impl RegistryState {
             limits,
             ttl,
             active: 0,
+            dirty: None,
+        }
+    }
+
+    /// From now on, remembers what changed for [`take_writes`](Self::take_writes).
+    pub fn track_changes(&mut self) {
+        self.dirty.get_or_insert_with(HashSet::new);
+    }
+
+    fn touched(&mut self, id: &SessionId) {
+        if let Some(dirty) = &mut self.dirty {
+            if !dirty.contains(id) {
+                dirty.insert(id.clone());
+            }
         }
     }
 
@@ -140,46 +206,142 @@ impl RegistryState {
         now_ms: i64,
     ) -> (SessionOpened, Option<Recipient<CloseConnection>>, RowChange) {
         let (conn_id, connection) = attachment;
-        if let Some(id) = resume {
-            if let Some(session) = self.sessions.get_mut(&id).filter(|s| s.user == user) {
-                let previous = session.attachment.replace(Attachment {
-                    conn_id,
-                    connection,
-                });
-                if previous.is_none() {
-                    self.active += 1;
-                }
-                session.ended_at = None;
-                session.ended_at_ms = None;
-                let row = Self::row(&id, session);
-                return (
-                    SessionOpened { id, resumed: true },
-                    previous.map(|a| a.connection),
-                    row,
-                );
+        let mut attachment = Attachment {
+            conn_id,
+            connection,
+        };
+        if let Some(id) = resume.filter(|id| self.sessions.get(id).is_some_and(|s| s.user == user))
+        {
+            match self.attach(id, attachment) {
+                Ok(opened) => return opened,
+                Err(back) => attachment = back,
             }
         }
         let id = SessionId::new_random();
-        let session = Session {
-            user,
-            system: None,
-            history: VecDeque::new(),
-            history_bytes: 0,
-            open_calls: Vec::new(),
-            response_ms: VecDeque::new(),
-            messages: 0,
-            started_at_ms: now_ms,
-            ended_at_ms: None,
-            ended_at: None,
-            attachment: Some(Attachment {
-                conn_id,
-                connection,
-            }),
-        };
+        let session = Session::new(user, now_ms, Some(attachment));
         let row = Self::row(&id, &session);
         self.sessions.insert(id.clone(), session);
         self.active += 1;
+        self.touched(&id);
         (SessionOpened { id, resumed: false }, None, row)
+    }
+
+    /// Attaches `attachment` to the existing session `id` (see [`open`](Self::open)); hands
+    /// the attachment back if there is no such session.
+    #[allow(clippy::type_complexity)]
+    fn attach(
+        &mut self,
+        id: SessionId,
+        attachment: Attachment,
+    ) -> Result<(SessionOpened, Option<Recipient<CloseConnection>>, RowChange), Attachment> {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Err(attachment);
+        };
+        let previous = session.attachment.replace(attachment);
+        if previous.is_none() {
+            self.active += 1;
+        }
+        session.ended_at = None;
+        session.ended_at_ms = None;
+        let row = Self::row(&id, session);
+        self.touched(&id);
+        Ok((
+            SessionOpened { id, resumed: true },
+            previous.map(|a| a.connection),
+            row,
+        ))
+    }
+
+    /// Resumes a session as the shared store has it (last written by another instance),
+    /// replacing any copy of it here. The store has all of it: nothing is left to write.
+    pub fn adopt(
+        &mut self,
+        id: SessionId,
+        stored: StoredSession,
+        attachment: (u64, Recipient<CloseConnection>),
+    ) -> (SessionOpened, Option<Recipient<CloseConnection>>, RowChange) {
+        let mut session = Session::new(stored.user, stored.started_at_ms, None);
+        session.system = stored.system;
+        session.history_bytes = stored.history.iter().map(|m| m.content.len()).sum();
+        session.history = stored.history.into();
+        session.open_calls = stored.open_calls;
+        session.response_ms = stored.response_ms.into_iter().collect();
+        while session.response_ms.len() > RESPONSE_WINDOW {
+            session.response_ms.pop_front();
+        }
+        session.messages = stored.messages;
+        session.sync = SyncMarks::default();
+        let (conn_id, connection) = attachment;
+        session.attachment = Some(Attachment {
+            conn_id,
+            connection,
+        });
+        let row = Self::row(&id, &session);
+        // A copy here still attached would be a connection of this instance: taken over.
+        let previous = self
+            .sessions
+            .insert(id.clone(), session)
+            .and_then(|p| p.attachment);
+        if previous.is_none() {
+            self.active += 1;
+        }
+        // The store has it as attached here already (the claim said so): only the count of
+        // sessions attached here changes, which the next write carries.
+        self.touched(&id);
+        (
+            SessionOpened { id, resumed: true },
+            previous.map(|a| a.connection),
+            row,
+        )
+    }
+
+    /// Whether `id` is attached to a connection of this instance for `user`.
+    pub fn is_attached_here(&self, id: &SessionId, user: &UserId) -> bool {
+        self.sessions
+            .get(id)
+            .is_some_and(|s| s.user == *user && s.attachment.is_some())
+    }
+
+    /// Whether `id` is attached to a connection of this instance.
+    pub fn is_attached(&self, id: &SessionId) -> bool {
+        self.sessions
+            .get(id)
+            .is_some_and(|s| s.attachment.is_some())
+    }
+
+    /// Whether this instance has a copy of `id` (attached or not).
+    pub fn knows(&self, id: &SessionId) -> bool {
+        self.sessions.contains_key(id)
+    }
+
+    /// Lets go of a session another instance takes over: it stays resumable, here as a copy
+    /// and in the store, but no connection of this instance holds it any more. Returns the
+    /// connection to close.
+    pub fn let_go(
+        &mut self,
+        id: &SessionId,
+        now: Instant,
+        now_ms: i64,
+    ) -> Option<Recipient<CloseConnection>> {
+        let session = self.sessions.get_mut(id)?;
+        let attachment = session.attachment.take()?;
+        session.ended_at = Some(now);
+        session.ended_at_ms = Some(now_ms);
+        self.active -= 1;
+        self.touched(id);
+        Some(attachment.connection)
+    }
+
+    /// Drops this instance's copy of `id`, which the store says another instance now owns
+    /// (or an admin ended); returns the connection still attached to it, if any.
+    pub fn forget(&mut self, id: &SessionId) -> Option<Recipient<CloseConnection>> {
+        let session = self.sessions.remove(id)?;
+        if let Some(dirty) = &mut self.dirty {
+            dirty.remove(id);
+        }
+        let attachment = session.attachment?;
+        self.active -= 1;
+        Some(attachment.connection)
     }
 
     /// Marks the session inactive if `conn_id` is still the one attached (a takeover may have
@@ -199,7 +361,9 @@ impl RegistryState {
         session.ended_at = Some(now);
         session.ended_at_ms = Some(now_ms);
         self.active -= 1;
-        Some(Self::row(id, session))
+        let row = Self::row(id, session);
+        self.touched(id);
+        Some(row)
     }
 
     pub fn append_turn(
@@ -224,7 +388,9 @@ impl RegistryState {
             session.push(user, &limits);
             session.messages += 1;
         }
-        Ok(session.snapshot())
+        let snapshot = session.snapshot();
+        self.touched(id);
+        Ok(snapshot)
     }
 
     pub fn record_reply(
@@ -246,7 +412,9 @@ impl RegistryState {
             session.response_ms.pop_front();
         }
         session.response_ms.push_back(latency_ms);
-        Some(Self::row(id, session))
+        let row = Self::row(id, session);
+        self.touched(id);
+        Some(row)
     }
 
     /// Ends a session at once (admin). Returns its connection to close, and the final row.
@@ -256,6 +424,9 @@ impl RegistryState {
         now_ms: i64,
     ) -> Option<(Option<Recipient<CloseConnection>>, RowChange)> {
         let mut session = self.sessions.remove(id)?;
+        if let Some(dirty) = &mut self.dirty {
+            dirty.remove(id);
+        }
         let attachment = session.attachment.take();
         if attachment.is_some() {
             self.active -= 1;
@@ -269,11 +440,112 @@ impl RegistryState {
     pub fn evict_expired(&mut self, now: Instant) -> usize {
         let before = self.sessions.len();
         let ttl = self.ttl;
-        self.sessions.retain(|_, s| {
-            s.ended_at
-                .is_none_or(|ended| now.duration_since(ended) < ttl)
+        let dirty = &mut self.dirty;
+        self.sessions.retain(|id, s| {
+            let keep = s
+                .ended_at
+                .is_none_or(|ended| now.duration_since(ended) < ttl);
+            if !keep {
+                if let Some(dirty) = dirty.as_mut() {
+                    dirty.remove(id);
+                }
+            }
+            keep
         });
         before - self.sessions.len()
+    }
+
+    /// Up to `max` writes for the shared store, one per dirty session not in `skip`, each
+    /// with what changed since the last one; those sessions count as written from here.
+    pub fn take_writes(&mut self, max: usize, skip: &HashSet<SessionId>) -> Vec<SessionWrite> {
+        let Some(dirty) = &mut self.dirty else {
+            return Vec::new();
+        };
+        let ids: Vec<SessionId> = dirty
+            .iter()
+            .filter(|id| !skip.contains(*id))
+            .take(max)
+            .cloned()
+            .collect();
+        let mut writes = Vec::with_capacity(ids.len());
+        for id in ids {
+            dirty.remove(&id);
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            let marks = std::mem::take(&mut session.sync);
+            let history = if marks.full {
+                HistoryWrite::Full(session.history.iter().cloned().collect())
+            } else {
+                let from = session.history.len() - marks.appended;
+                HistoryWrite::Append {
+                    drop_front: marks.dropped,
+                    push: session.history.range(from..).cloned().collect(),
+                }
+            };
+            writes.push(SessionWrite {
+                user: session.user.clone(),
+                started_at_ms: session.started_at_ms,
+                ended_at_ms: session.ended_at_ms,
+                messages: session.messages,
+                attached: session.attachment.is_some(),
+                system: session.system.clone(),
+                open_calls: session.open_calls.clone(),
+                response_ms: session.response_ms.iter().copied().collect(),
+                history,
+                id,
+            });
+        }
+        writes
+    }
+
+    /// Whether any session not in `skip` waits to be written.
+    pub fn has_writes(&self, skip: &HashSet<SessionId>) -> bool {
+        self.dirty
+            .as_ref()
+            .is_some_and(|dirty| dirty.iter().any(|id| !skip.contains(id)))
+    }
+
+    /// The store may not have what was last written for `id` (it failed, or the store lost
+    /// it): the next write carries the whole session.
+    pub fn rewrite_whole(&mut self, id: &SessionId) {
+        if let Some(session) = self.sessions.get_mut(id) {
+            session.sync = SyncMarks {
+                full: true,
+                ..SyncMarks::default()
+            };
+            self.touched(id);
+        }
+    }
+
+    /// After the store was unreachable: every attached session is written whole again (its
+    /// presence and anything changed meanwhile), as is every other session changed meanwhile.
+    pub fn rewrite_for_rejoin(&mut self) {
+        let ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| {
+                s.attachment.is_some()
+                    || self.dirty.as_ref().is_some_and(|dirty| dirty.contains(*id))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.rewrite_whole(&id);
+        }
+    }
+
+    /// Marks every attached session to be written, which renews its expiry in the store.
+    pub fn touch_attached(&mut self) {
+        let ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.attachment.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.touched(id);
+        }
     }
 
     /// A page of sessions, newest first (by start, then id), after the cursor `after`. Runs

@@ -1,5 +1,6 @@
 //! Unit tests of the registry state.
 use super::*;
+use crate::actors::session_registry::store::{HistoryWrite, SessionWrite, StoredSession};
 use proptest::prelude::*;
 use std::collections::HashMap as Model;
 
@@ -298,6 +299,175 @@ proptest! {
                 assert_eq!(stats.total, model.len());
                 assert_eq!(stats.active, active);
                 assert_eq!(stats.active + stats.inactive, stats.total);
+            }
+        });
+    }
+}
+
+/// The shared store as the writes describe it: what a session's history is after them.
+fn apply(stored: &mut Vec<String>, write: &SessionWrite) {
+    match &write.history {
+        HistoryWrite::Full(all) => *stored = all.iter().map(|m| m.content.to_string()).collect(),
+        HistoryWrite::Append { drop_front, push } => {
+            stored.extend(push.iter().map(|m| m.content.to_string()));
+            stored.drain(..(*drop_front).min(stored.len()));
+        }
+    }
+}
+
+fn history_of(state: &mut RegistryState, id: &SessionId) -> Vec<String> {
+    // An empty turn changes nothing and returns what the model would see.
+    state
+        .append_turn(id, Turn::default())
+        .expect("session")
+        .iter()
+        .map(|m| m.content.to_string())
+        .collect()
+}
+
+#[actix::test]
+async fn without_a_shared_store_nothing_is_tracked() {
+    let conn = NullConnection.start().recipient();
+    let mut state = RegistryState::new(limits(), Duration::from_secs(60));
+    let (opened, _, _) = state.open(user("u"), None, (1, conn), 0);
+    state
+        .append_turn(&opened.id, user_turn("a"))
+        .expect("append");
+    assert!(state.take_writes(10, &HashSet::new()).is_empty());
+}
+
+#[actix::test]
+async fn writes_carry_only_what_changed_and_presence() {
+    let conn = NullConnection.start().recipient();
+    let mut state = RegistryState::new(limits(), Duration::from_secs(60));
+    state.track_changes();
+    let none = HashSet::new();
+    let (opened, _, _) = state.open(user("u"), None, (1, conn), 5);
+    let first = state.take_writes(10, &none);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].history, HistoryWrite::Full(Vec::new()));
+    assert!(first[0].attached);
+    assert!(
+        state.take_writes(10, &none).is_empty(),
+        "nothing changed since"
+    );
+
+    state
+        .append_turn(&opened.id, user_turn("aaaa"))
+        .expect("append");
+    state.record_reply(&opened.id, Arc::from("bbbb"), Vec::new(), 7);
+    let writes = state.take_writes(10, &none);
+    assert_eq!(
+        writes[0].history,
+        HistoryWrite::Append {
+            drop_front: 0,
+            push: vec![ChatMessage::user("aaaa"), ChatMessage::assistant("bbbb")]
+        }
+    );
+    assert_eq!(
+        (writes[0].messages, writes[0].response_ms.clone()),
+        (2, vec![7])
+    );
+
+    // Skipped sessions (being claimed) stay dirty.
+    state.detach(&opened.id, 1, Instant::now(), 9);
+    let skip: HashSet<SessionId> = [opened.id.clone()].into();
+    assert!(state.take_writes(10, &skip).is_empty());
+    let writes = state.take_writes(10, &none);
+    assert!(!writes[0].attached);
+    assert_eq!(writes[0].ended_at_ms, Some(9));
+    assert_eq!(
+        writes[0].history,
+        HistoryWrite::Append {
+            drop_front: 0,
+            push: Vec::new()
+        }
+    );
+    state.rewrite_whole(&opened.id);
+    assert!(matches!(
+        &state.take_writes(10, &none)[0].history,
+        HistoryWrite::Full(all) if all.len() == 2
+    ));
+}
+
+#[actix::test]
+async fn an_adopted_session_is_the_stored_one_attached_here() {
+    let conn = NullConnection.start().recipient();
+    let mut state = RegistryState::new(limits(), Duration::from_secs(60));
+    state.track_changes();
+    let id = SessionId::new_random();
+    let stored = StoredSession {
+        user: user("u"),
+        started_at_ms: 3,
+        messages: 2,
+        system: Some(ChatMessage::text(ChatRole::System, "sys")),
+        history: vec![ChatMessage::user("aaaa"), ChatMessage::assistant("bbbb")],
+        open_calls: Vec::new(),
+        response_ms: vec![4],
+    };
+    let (opened, previous, row) = state.adopt(id.clone(), stored, (1, conn));
+    assert_eq!(
+        opened,
+        SessionOpened {
+            id: id.clone(),
+            resumed: true
+        }
+    );
+    assert!(previous.is_none());
+    assert_eq!((row.started_at, row.messages, row.ended_at), (3, 2, None));
+    assert_eq!(state.stats().active, 1);
+    assert_eq!(history_of(&mut state, &id), ["sys", "aaaa", "bbbb"]);
+    // The store has all of it: the write after the claim changes no history.
+    let writes = state.take_writes(10, &HashSet::new());
+    assert_eq!(
+        writes[0].history,
+        HistoryWrite::Append {
+            drop_front: 0,
+            push: Vec::new()
+        }
+    );
+    assert!(state.let_go(&id, Instant::now(), 4).is_some());
+    assert_eq!(
+        state.stats(),
+        SessionStats {
+            active: 0,
+            inactive: 1,
+            total: 1
+        }
+    );
+    assert!(state.forget(&id).is_none(), "no connection left to close");
+    assert_eq!(state.stats().total, 0);
+}
+
+proptest! {
+    /// Whatever is appended (and dropped by the bound) between writes, applying the writes in
+    /// order gives exactly the history the model sees.
+    #[test]
+    fn applying_the_writes_rebuilds_the_history(
+        rounds in proptest::collection::vec(proptest::collection::vec(1usize..12, 0..6), 1..12)
+    ) {
+        let system = actix::System::new();
+        system.block_on(async move {
+            let conn = NullConnection.start().recipient::<CloseConnection>();
+            let mut state = RegistryState::new(limits(), Duration::from_secs(60));
+            state.track_changes();
+            let (opened, _, _) = state.open(user("u"), None, (1, conn), 0);
+            let mut stored: Vec<String> = Vec::new();
+            let mut n = 0;
+            for round in rounds {
+                for len in round {
+                    n += 1;
+                    let text = format!("{n}{}", "x".repeat(len));
+                    if n % 2 == 0 {
+                        state.record_reply(&opened.id, Arc::from(text.as_str()), Vec::new(), 1);
+                    } else {
+                        state.append_turn(&opened.id, user_turn(&text)).expect("append");
+                    }
+                }
+                for write in state.take_writes(10, &HashSet::new()) {
+                    apply(&mut stored, &write);
+                }
+                assert_eq!(stored, history_of(&mut state, &opened.id));
             }
         });
     }
