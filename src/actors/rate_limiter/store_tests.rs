@@ -184,7 +184,7 @@ async fn two_instances_share_one_window_in_redis() {
 async fn a_down_link_is_not_asked() {
     let link =
         RedisLink::connect("redis://127.0.0.1:1", "i0", Some("cgtest:down:")).expect("a lazy link");
-    link.record_probe(false);
+    link.record_probe(false, link.faults(), Some("test: Redis marked down"));
     let mut store = RedisWindow::new(link, "t", 1, Duration::from_secs(1));
     assert!(matches!(
         store.check(&key("u"), Instant::now()),
