@@ -24,6 +24,7 @@ mod openapi;
 mod process;
 mod quota_leasing;
 mod quota_primitive;
+mod resume_replies;
 mod shutdown;
 mod shutdown_faults;
 mod stalled_sockets;
