@@ -46,6 +46,7 @@ fn encode(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let delta = ServerFrame::Delta {
         id: "c42",
+        seq: 17,
         content: " hello",
     };
     group.bench_function("delta", |b| {

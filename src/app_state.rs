@@ -18,6 +18,7 @@ use crate::actors::metrics::MetricsAggregator;
 use crate::actors::origins::Origins;
 use crate::actors::quota_leases::QuotaLeases;
 use crate::actors::rate_limiter::RateLimiter;
+use crate::actors::reply_keeper::ReplyKeeper;
 use crate::actors::report::ReportSources;
 use crate::actors::session_registry::SessionRegistry;
 use crate::actors::socket_watchdog::SocketWatchdog;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     pub collector: Addr<Collector>,
     pub watchdog: Addr<SocketWatchdog>,
+    /// Replies whose socket went, and ended ones, for `CHATGATE_RESUME_GRACE_SECS`.
+    pub reply_keeper: Addr<ReplyKeeper>,
     pub cluster: Option<ClusterHandles>,
 }
 

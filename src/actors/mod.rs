@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod origins;
 pub mod quota_leases;
 pub mod rate_limiter;
+pub mod reply_keeper;
 pub mod report;
 pub mod session_registry;
 pub mod socket_watchdog;

@@ -7,6 +7,7 @@ use actix_web::{delete, get, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::actors::reply_keeper::StopReplies;
 use crate::actors::session_registry::{
     CountSessions, EndSession, ListSessions, SessionStats, SessionSummary, StateFilter,
 };
@@ -148,6 +149,8 @@ pub async fn end_session(
         .send(EndSession { id: id.clone() })
         .await
         .map_err(|err| AppError::unavailable_mailbox("session_registry", err))??;
+    // Its replies stop now, also those its socket had handed over to go on without it.
+    state.reply_keeper.do_send(StopReplies::Session(id.clone()));
     // A socket frozen on a client that stopped reading cannot close itself.
     state.watchdog.do_send(ExpectClose {
         target: CloseTarget::Session(id.clone()),

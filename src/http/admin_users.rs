@@ -7,6 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::cluster_bus::TellOthers;
 use crate::actors::connections::CloseUserConnections;
+use crate::actors::reply_keeper::StopReplies;
 use crate::actors::socket_watchdog::{CloseTarget, ExpectClose, CLOSE_WITHIN};
 use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
@@ -289,6 +290,8 @@ pub async fn put_user(
             code: 1008,
             reason: "user disabled".into(),
         });
+        // Their replies stop now, also those their sockets had handed over to go on without them.
+        state.reply_keeper.do_send(StopReplies::User(id.clone()));
         // A socket frozen on a client that stopped reading cannot close itself.
         state.watchdog.do_send(ExpectClose {
             target: CloseTarget::User(id.clone()),

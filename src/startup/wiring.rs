@@ -17,6 +17,7 @@ use crate::actors::metrics::MetricsAggregator;
 use crate::actors::origins::Origins;
 use crate::actors::quota_leases::QuotaLeases;
 use crate::actors::rate_limiter::RateLimiter;
+use crate::actors::reply_keeper::{KeeperLimits, ReplyKeeper, ATTACH_WAIT, KEPT_MAX_BYTES};
 use crate::actors::report::ReportSources;
 use crate::actors::session_registry::{HistoryLimits, RedisSessionStore, SessionRegistry};
 use crate::actors::socket_watchdog::{SocketWatchdog, WatchdogLimits};
@@ -172,6 +173,12 @@ pub(super) fn start_actors(
         std::rc::Rc::new(DbCollectorStore { db: pool.clone() }),
     )
     .start();
+    let reply_keeper = ReplyKeeper::new(KeeperLimits {
+        grace: Duration::from_secs(timers.resume_grace_secs),
+        kept_max_bytes: KEPT_MAX_BYTES,
+        attach_wait: ATTACH_WAIT,
+    })
+    .start();
     Ok(AppState {
         settings,
         db: pool,
@@ -191,6 +198,7 @@ pub(super) fn start_actors(
         shutdown,
         collector,
         watchdog,
+        reply_keeper,
         cluster,
     })
 }

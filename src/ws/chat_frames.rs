@@ -5,9 +5,11 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::protocol::{FrameError, ServerFrame};
+use crate::actors::reply_keeper::{ReplyEnd, ReplyEvent, ReplyState, ReplyStream};
 use crate::chat::{ChatEvent, ChatRequest, HistorySource};
 use crate::domain::message::{ChatMessage, ChatRole, Params, RawJson, Turn};
 use crate::domain::{ChatId, SessionId, UserId};
@@ -210,6 +212,52 @@ pub fn ending<'a>(id: &'a str, event: &'a ChatEvent) -> Vec<ServerFrame<'a>> {
     frames
 }
 
+/// A chat's events as its socket (or the reply keeper) relays them: deltas, then the end with
+/// its frames serialized once, here. Events without a frame of their own are left out (tool
+/// calls come whole before `done`).
+pub fn reply_stream(id: ChatId, events: mpsc::Receiver<ChatEvent>) -> ReplyStream {
+    Box::pin(futures_util::stream::unfold(
+        (id, events),
+        |(id, mut events)| async move {
+            loop {
+                let event = events.recv().await?;
+                if let Some(event) = reply_event(&id, event) {
+                    return Some((event, (id, events)));
+                }
+            }
+        },
+    ))
+}
+
+fn reply_event(id: &ChatId, event: ChatEvent) -> Option<ReplyEvent> {
+    let event = match event {
+        ChatEvent::Delta(content) => return Some(ReplyEvent::Delta(content)),
+        ChatEvent::ToolCallsDelta(_) | ChatEvent::Refusal(_) | ChatEvent::Logprobs(_) => {
+            return None
+        }
+        ending_event => ending_event,
+    };
+    let (state, frames) = match &event {
+        ChatEvent::Done { cancelled, .. } => (
+            if *cancelled {
+                ReplyState::Cancelled
+            } else {
+                ReplyState::Done
+            },
+            ending(id.as_str(), &event)
+                .iter()
+                .map(ServerFrame::to_json)
+                .collect(),
+        ),
+        ChatEvent::Error(err) => (
+            ReplyState::Error,
+            vec![ServerFrame::error(Some(id.as_str()), err).to_json()],
+        ),
+        _ => return None,
+    };
+    Some(ReplyEvent::End(ReplyEnd { state, frames }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,5 +419,38 @@ mod tests {
                 r#"{"type":"done","id":"c1","usage":{"prompt_tokens":1,"completion_tokens":2},"latency_ms":3,"cancelled":false,"finish_reason":"tool_calls","quota":{"used":1,"limit":9,"resets_at":"2026-12-01T00:00:00Z"}}"#,
             ]
         );
+    }
+
+    #[actix::test]
+    async fn a_chats_events_become_deltas_and_one_serialized_end() {
+        use futures_util::StreamExt;
+        let (tx, rx) = mpsc::channel(8);
+        let mut stream = reply_stream(ChatId::parse("c1").expect("id"), rx);
+        tx.send(ChatEvent::Delta("hi".into())).await.expect("open");
+        tx.send(ChatEvent::Refusal("no".into()))
+            .await
+            .expect("open");
+        tx.send(ChatEvent::Done {
+            usage: Usage::default(),
+            latency_ms: 1,
+            cancelled: true,
+            finish_reason: Arc::from("cancelled"),
+            tool_calls: Vec::new(),
+        })
+        .await
+        .expect("open");
+        drop(tx);
+        assert_eq!(stream.next().await, Some(ReplyEvent::Delta("hi".into())));
+        let Some(ReplyEvent::End(end)) = stream.next().await else {
+            panic!("end")
+        };
+        assert_eq!(end.state, ReplyState::Cancelled);
+        assert_eq!(end.frames.len(), 1);
+        assert!(
+            end.frames[0].starts_with(r#"{"type":"done","id":"c1""#),
+            "{}",
+            end.frames[0]
+        );
+        assert_eq!(stream.next().await, None);
     }
 }

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::chat_frames::{ChatFields, ChatFrame};
+use crate::actors::reply_keeper::ReplySummary;
 use crate::domain::message::ToolCall;
 use crate::domain::{ChatId, QuotaReceipt};
 use crate::error::{AppError, ErrorCode};
@@ -14,7 +15,14 @@ use crate::providers::Usage;
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientFrame {
     Chat(ChatFrame),
-    Cancel { id: ChatId },
+    Cancel {
+        id: ChatId,
+    },
+    /// Sends reply `id` of the session from after `after_seq` (0: from its first delta).
+    Resume {
+        id: ChatId,
+        after_seq: u64,
+    },
     Ping,
 }
 
@@ -35,6 +43,15 @@ struct RawFrame<'a> {
     id: Option<Cow<'a, str>>,
 }
 
+/// The `resume` frame's own field, read in a second pass so that it is checked only there.
+#[derive(Deserialize)]
+struct ResumeFields {
+    #[serde(default)]
+    after_seq: Option<serde_json::Value>,
+}
+
+const FRAME_TYPES: &str = "chat, cancel, resume or ping";
+
 impl ClientFrame {
     pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         let raw: RawFrame = serde_json::from_str(text).map_err(|err| FrameError {
@@ -43,7 +60,7 @@ impl ClientFrame {
         })?;
         let kind = raw.kind.as_deref().ok_or_else(|| FrameError {
             id: None,
-            message: "frame has no \"type\"; expected chat, cancel or ping".into(),
+            message: format!("frame has no \"type\"; expected {FRAME_TYPES}"),
         })?;
         let parse_id = |required: bool| -> Result<Option<ChatId>, FrameError> {
             match raw.id.as_deref() {
@@ -78,10 +95,30 @@ impl ClientFrame {
                 })?;
                 Ok(ClientFrame::Cancel { id })
             }
+            "resume" => {
+                let id = parse_id(true)?.ok_or_else(|| FrameError {
+                    id: None,
+                    message: "missing id".into(),
+                })?;
+                let fields: ResumeFields =
+                    serde_json::from_str(text).map_err(|err| FrameError {
+                        id: Some(id.clone()),
+                        message: format!("resume frame fields of the wrong type: {err}"),
+                    })?;
+                let after_seq = match fields.after_seq {
+                    None | Some(serde_json::Value::Null) => 0,
+                    Some(value) => value.as_u64().ok_or_else(|| FrameError {
+                        id: Some(id.clone()),
+                        message: "\"after_seq\" must be a whole number ≥ 0 (the last seq received)"
+                            .into(),
+                    })?,
+                };
+                Ok(ClientFrame::Resume { id, after_seq })
+            }
             "ping" => Ok(ClientFrame::Ping),
             other => Err(FrameError {
                 id: None,
-                message: format!("unknown frame type {other:?}; expected chat, cancel or ping"),
+                message: format!("unknown frame type {other:?}; expected {FRAME_TYPES}"),
             }),
         }
     }
@@ -94,9 +131,14 @@ pub enum ServerFrame<'a> {
     Session {
         session_id: &'a str,
         resumed: bool,
+        /// A resumed session's kept replies (absent on a fresh session).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replies: Option<&'a [ReplySummary]>,
     },
     Delta {
         id: &'a str,
+        /// 1, 2, 3, … within the reply: what a `resume` counts from.
+        seq: u64,
         content: &'a str,
     },
     /// The reply's tool calls, whole, before its `done`.
@@ -188,6 +230,20 @@ mod tests {
             ClientFrame::parse(r#"{"type":"ping"}"#),
             Ok(ClientFrame::Ping)
         );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"resume","id":"c1","after_seq":5}"#),
+            Ok(ClientFrame::Resume {
+                id: ChatId::parse("c1").expect("id"),
+                after_seq: 5
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"resume","id":"c1"}"#),
+            Ok(ClientFrame::Resume {
+                id: ChatId::parse("c1").expect("id"),
+                after_seq: 0
+            })
+        );
         // Escapes decode (borrowed parsing falls back to owned strings).
         let frame =
             ClientFrame::parse(r#"{"type":"chat","id":"c\"1","model":"echo","content":"a\nb"}"#)
@@ -213,6 +269,15 @@ mod tests {
             (
                 r#"{"type":"chat","id":5,"model":"echo","content":"x"}"#,
                 "JSON",
+            ),
+            (r#"{"type":"resume","after_seq":1}"#, "needs an \"id\""),
+            (
+                r#"{"type":"resume","id":"c1","after_seq":-1}"#,
+                "whole number",
+            ),
+            (
+                r#"{"type":"resume","id":"c1","after_seq":"5"}"#,
+                "whole number",
             ),
         ] {
             let err = ClientFrame::parse(text).expect_err(text);
@@ -257,10 +322,34 @@ mod tests {
         assert_eq!(
             ServerFrame::Session {
                 session_id: "s",
-                resumed: false
+                resumed: false,
+                replies: None,
             }
             .to_json(),
             r#"{"type":"session","session_id":"s","resumed":false}"#
+        );
+        let replies = [ReplySummary {
+            id: ChatId::parse("c1").expect("id"),
+            state: crate::actors::reply_keeper::ReplyState::Running,
+            last_seq: 17,
+        }];
+        assert_eq!(
+            ServerFrame::Session {
+                session_id: "s",
+                resumed: true,
+                replies: Some(&replies),
+            }
+            .to_json(),
+            r#"{"type":"session","session_id":"s","resumed":true,"replies":[{"id":"c1","state":"running","last_seq":17}]}"#
+        );
+        assert_eq!(
+            ServerFrame::Delta {
+                id: "c1",
+                seq: 3,
+                content: "hi"
+            }
+            .to_json(),
+            r#"{"type":"delta","id":"c1","seq":3,"content":"hi"}"#
         );
         let limited = AppError::RateLimited {
             message: "slow".into(),

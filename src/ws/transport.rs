@@ -66,6 +66,12 @@ pub(super) fn wire_len(payload: usize) -> u64 {
     (payload + header) as u64
 }
 
+/// Unacknowledged bytes in the kernel past which a closing connection is taken to be stuck
+/// on a client that stopped reading: a reading client keeps far less in flight, and the HTTP
+/// layer only holds output back once the kernel's buffer (capped at 128 KiB per socket) is
+/// full.
+const STUCK_UNSENT_BYTES: u64 = 32 * 1024;
+
 /// Counts what the HTTP layer takes from a WebSocket's outgoing stream. It only takes more
 /// while the socket drains, so `produced - consumed` is what waits in memory because the
 /// client is not reading.
@@ -78,7 +84,13 @@ struct CountingBody<S> {
 impl<S> Drop for CountingBody<S> {
     fn drop(&mut self) {
         if let Some(watch) = &self.watch {
-            watch.finished.store(true, Ordering::Release);
+            // The body ends with the actor's close frame, but the HTTP layer may still hold
+            // output it cannot write to a client that stopped reading, and keeps the
+            // connection open for it. Such a connection stays watched: the watchdog cuts it
+            // once its close has not gone out within `close_flush`.
+            if !(watch.actor_has_stopped() && watch.unsent_bytes() >= STUCK_UNSENT_BYTES) {
+                watch.finished.store(true, Ordering::Release);
+            }
         }
     }
 }
@@ -133,6 +145,20 @@ impl SocketShutdown {
     pub fn shutdown(&self) {
         let _ = self.0.shutdown(std::net::Shutdown::Both);
     }
+
+    /// Bytes the kernel holds for the client, not yet acknowledged (0 if it cannot tell).
+    fn unsent_bytes(&self) -> u64 {
+        use std::os::fd::AsRawFd;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ on a TCP socket writes one int; the descriptor is ours (a
+        // duplicate held by this value) and `queued` outlives the call.
+        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc == 0 {
+            queued.max(0) as u64
+        } else {
+            0
+        }
+    }
 }
 
 /// A chat socket's progress as the watchdog reads it, written by the transport and the
@@ -169,6 +195,14 @@ impl SocketWatch {
     /// The socket's actor stopped; its close frame is on its way.
     pub(super) fn actor_stopped(&self) {
         self.stamp(&self.stopped_at_ms);
+    }
+
+    fn actor_has_stopped(&self) -> bool {
+        self.stopped_at_ms.load(Ordering::Acquire) != u64::MAX
+    }
+
+    fn unsent_bytes(&self) -> u64 {
+        self.socket.as_ref().map_or(0, SocketShutdown::unsent_bytes)
     }
 }
 

@@ -82,7 +82,8 @@ async fn resumed_session_keeps_its_history() {
     let frame = ws.expect_json().await;
     assert_eq!(
         frame,
-        json!({"type":"session","session_id":session,"resumed":true})
+        json!({"type":"session","session_id":session,"resumed":true,
+               "replies":[{"id":"c1","state":"done","last_seq":2}]})
     );
     ws.chat("c2", "echo", "one two three").await;
     let done = ws.reply("c2").await.done.expect("done");

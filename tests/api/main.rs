@@ -30,6 +30,7 @@ mod process;
 mod quota_leasing;
 mod quota_primitive;
 mod quota_receipts;
+mod resume_replies;
 mod shutdown;
 mod shutdown_faults;
 mod stalled_sockets;

@@ -184,7 +184,14 @@ async fn stream_cut_after_two_deltas_is_an_error_and_never_retried() {
 #[actix_web::test]
 async fn client_disconnect_mid_stream_closes_the_upstream_and_keeps_the_quota_unit() {
     let mock = MockUpstream::start(Step::HangAfter(strings(&["a", " b"])));
-    let app = app_with(&mock, |_| {}).await;
+    // Without a resume grace the reply stops with its socket (with one, it waits for a
+    // resume first: tests/api/resume_replies.rs).
+    let model = mock.model("mock");
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        s.models.push(model);
+        s.timers.resume_grace_secs = 0;
+    })
+    .await;
     let (mut ws, _) = WsClient::open(&app, "alice").await;
     ws.chat("c1", "mock", "hi").await;
     for expected in ["a", " b"] {

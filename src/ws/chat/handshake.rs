@@ -9,7 +9,7 @@ use actix::clock::Instant;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::{ConnectionSettings, WsConnection, CHAT_MAX_BACKLOG_BYTES};
+use super::{reply_keeper_of, ConnectionSettings, WsConnection, CHAT_MAX_BACKLOG_BYTES};
 use crate::actors::connections::Reservation;
 use crate::app_state::AppState;
 use crate::auth::authenticate;
@@ -168,6 +168,7 @@ impl WsConnection {
             consumed,
             watch,
             watchdog: state.watchdog.clone(),
+            keeper: reply_keeper_of(state),
         }
     }
 }

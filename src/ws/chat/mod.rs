@@ -13,6 +13,7 @@ use actix::clock::Instant;
 use actix::prelude::*;
 use actix_web::web::BytesMut;
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
+use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
 use super::chat_frames::{self, ChatFrame};
@@ -21,11 +22,16 @@ use super::transport::{wire_len, SocketWatch};
 use crate::actors::connections::{
     CloseConnection, Connections, RegisterConnection, UnregisterConnection,
 };
+use crate::actors::reply_keeper::{
+    hold, AttachSocket, DetachSocket, DetachedReply, Held, KeepEndedReply, ReplyEvent, ReplyFrames,
+    ReplyKeeper, ReplyStream, ReplySummary, ResumeAnswer, ResumeReply, REPLY_MAX_BYTES,
+};
 use crate::actors::session_registry::{DetachSession, OpenSession, SessionOpened, SessionRegistry};
 use crate::actors::socket_watchdog::{
     CloseTarget, ExpectClose, SocketSession, SocketWatchdog, WatchSocket, CLOSE_WITHIN,
 };
-use crate::chat::{CancelReason, ChatEvent, ChatPipeline};
+use crate::app_state::AppState;
+use crate::chat::{CancelReason, ChatPipeline};
 use crate::domain::{ChatId, SessionId, UserId};
 use crate::error::AppError;
 
@@ -52,14 +58,27 @@ enum Fragments {
     Binary,
 }
 
+/// How long a `resume` waits for the reply keeper (an in-process actor, normally instant).
+const RESUME_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct RunningChat {
     cancel: Option<oneshot::Sender<CancelReason>>,
+    /// Its deltas so far, numbered: what a resume replays if this socket drops.
+    frames: ReplyFrames,
+    /// Takes its events back from the context when the socket goes and the reply does not.
+    events: Held,
 }
 
 /// An event of one running chat, tagged with its id.
 struct ChatStreamItem {
     id: ChatId,
-    event: ChatEvent,
+    event: ReplyEvent,
+}
+
+/// The reply keeper, when replies outlive their socket (`CHATGATE_RESUME_GRACE_SECS` > 0);
+/// with `None` a reply stops with its socket and nothing is kept.
+pub(super) fn reply_keeper_of(state: &AppState) -> Option<Addr<ReplyKeeper>> {
+    (state.settings.timers.resume_grace_secs > 0).then(|| state.reply_keeper.clone())
 }
 
 pub struct WsConnection {
@@ -83,11 +102,16 @@ pub struct WsConnection {
     /// This socket's progress, read by the watchdog, which cuts it if it freezes.
     watch: Arc<SocketWatch>,
     watchdog: Addr<SocketWatchdog>,
+    keeper: Option<Addr<ReplyKeeper>>,
 }
 
 impl WsConnection {
     fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: &ServerFrame<'_>) {
-        let text = frame.to_json();
+        self.send_text(ctx, frame.to_json());
+    }
+
+    /// Sends an already serialized frame.
+    fn send_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: String) {
         self.produced += wire_len(text.len());
         ctx.text(text);
         let backlog = self
@@ -138,6 +162,7 @@ impl WsConnection {
                 }
             }
             Ok(ClientFrame::Chat(chat)) => self.start_chat(chat, ctx),
+            Ok(ClientFrame::Resume { id, after_seq }) => self.resume(id, after_seq, ctx),
             Err(err) => {
                 let frame =
                     ServerFrame::bad_request(err.id.as_ref().map(ChatId::as_str), &err.message);
@@ -166,41 +191,194 @@ impl WsConnection {
         let handle = self
             .pipeline
             .start(chat.into_request(self.user.clone(), session));
-        let mut events = handle.events;
-        let stream_id = id.clone();
-        ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
-            events.poll_recv(cx).map(|event| {
-                event.map(|event| ChatStreamItem {
-                    id: stream_id.clone(),
-                    event,
-                })
-            })
+        let events = chat_frames::reply_stream(id.clone(), handle.events);
+        // Without a keeper nothing is resumable: deltas are only numbered, not kept.
+        let cap = if self.keeper.is_some() {
+            REPLY_MAX_BYTES
+        } else {
+            0
+        };
+        self.follow(id, events, Some(handle.cancel), ReplyFrames::new(cap), ctx);
+    }
+
+    /// Relays reply `id` from `events` on, numbering its deltas after those in `frames`.
+    fn follow(
+        &mut self,
+        id: ChatId,
+        events: ReplyStream,
+        cancel: Option<oneshot::Sender<CancelReason>>,
+        frames: ReplyFrames,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let (held, events) = hold(events);
+        let tag = id.clone();
+        ctx.add_stream(events.map(move |event| ChatStreamItem {
+            id: tag.clone(),
+            event,
         }));
         self.running.insert(
             id,
             RunningChat {
-                cancel: Some(handle.cancel),
+                cancel,
+                frames,
+                events: held,
             },
         );
     }
 
     fn on_chat_event(&mut self, item: ChatStreamItem, ctx: &mut ws::WebsocketContext<Self>) {
-        let id = item.id.as_str();
-        match &item.event {
-            ChatEvent::Delta(content) => {
-                return self.send(ctx, &ServerFrame::Delta { id, content })
+        match item.event {
+            ReplyEvent::Delta(content) => {
+                let Some(running) = self.running.get_mut(&item.id) else {
+                    return;
+                };
+                let seq = running.frames.push(&content);
+                let id = item.id.as_str();
+                self.send(
+                    ctx,
+                    &ServerFrame::Delta {
+                        id,
+                        seq,
+                        content: &content,
+                    },
+                );
             }
-            // No frame of their own: the whole calls come before `done`.
-            ChatEvent::ToolCallsDelta(_) | ChatEvent::Refusal(_) | ChatEvent::Logprobs(_) => return,
-            ChatEvent::Done { .. } => {
-                for frame in chat_frames::ending(id, &item.event) {
+            ReplyEvent::End(end) => {
+                for frame in &end.frames {
+                    self.send_text(ctx, frame.clone());
+                }
+                if let Some(running) = self.running.remove(&item.id) {
+                    self.keep_ended(item.id, running.frames, end);
+                }
+                self.close_if_drained(ctx);
+            }
+        }
+    }
+
+    /// An ended reply stays resumable for the grace: the client may have missed its last
+    /// frames if the connection drops now.
+    fn keep_ended(
+        &self,
+        id: ChatId,
+        frames: ReplyFrames,
+        end: crate::actors::reply_keeper::ReplyEnd,
+    ) {
+        let (Some(keeper), Some(session)) = (&self.keeper, &self.session) else {
+            return;
+        };
+        let keep = KeepEndedReply {
+            session: session.clone(),
+            id,
+            user: self.user.clone(),
+            frames,
+            end,
+        };
+        // Never waits: a keeper this far behind loses a resume, not a chat.
+        if keeper.try_send(keep).is_err() {
+            log::warn!(
+                "event=reply_not_kept conn_id={} reason=keeper_mailbox_full",
+                self.conn_id
+            );
+        }
+    }
+
+    /// `resume`: the reply's deltas after `after_seq`, its end if it ended, and, while it
+    /// runs, the rest as it comes.
+    fn resume(&mut self, id: ChatId, after_seq: u64, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.closing.is_some() {
+            let err = AppError::Unavailable("the connection is closing".into());
+            return self.send(ctx, &ServerFrame::error(Some(id.as_str()), &err));
+        }
+        // A reply this socket streams itself: replay from its own frames; live ones follow.
+        if let Some(running) = self.running.remove(&id) {
+            self.replay(&id, &running.frames, after_seq, ctx);
+            self.running.insert(id, running);
+            return;
+        }
+        let (Some(keeper), Some(session)) = (self.keeper.clone(), self.session.clone()) else {
+            return self.reply_not_found(&id, ctx);
+        };
+        let ask = ResumeReply {
+            session,
+            id: id.clone(),
+            after_seq,
+        };
+        // Nothing else is handled meanwhile: a `cancel` right behind this `resume` must find
+        // the reply already running here.
+        ctx.wait(
+            keeper
+                .send(ask)
+                .timeout(RESUME_TIMEOUT)
+                .into_actor(self)
+                .map(move |answer, act, ctx| act.resumed(id, after_seq, answer, ctx)),
+        );
+    }
+
+    fn resumed(
+        &mut self,
+        id: ChatId,
+        after_seq: u64,
+        answer: Result<ResumeAnswer, MailboxError>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        match answer {
+            Err(err) => {
+                let err = AppError::unavailable_mailbox("reply_keeper", err);
+                self.send(ctx, &ServerFrame::error(Some(id.as_str()), &err));
+            }
+            Ok(ResumeAnswer::NotFound) => self.reply_not_found(&id, ctx),
+            Ok(ResumeAnswer::Ended { deltas, end }) => {
+                for (seq, content) in &deltas {
+                    let frame = ServerFrame::Delta {
+                        id: id.as_str(),
+                        seq: *seq,
+                        content,
+                    };
                     self.send(ctx, &frame);
                 }
+                for frame in end.frames {
+                    self.send_text(ctx, frame);
+                }
             }
-            ChatEvent::Error(err) => self.send(ctx, &ServerFrame::error(Some(id), err)),
+            Ok(ResumeAnswer::Running(reply)) => {
+                log::debug!(
+                    "event=reply_resumed conn_id={} id={} after_seq={after_seq}",
+                    self.conn_id,
+                    reply.id
+                );
+                self.replay(&reply.id, &reply.frames, after_seq, ctx);
+                self.follow(reply.id, reply.events, reply.cancel, reply.frames, ctx);
+            }
         }
-        self.running.remove(&item.id);
-        self.close_if_drained(ctx);
+    }
+
+    /// Sends the deltas of `frames` after `after_seq` (`not_found` if one was dropped).
+    fn replay(
+        &mut self,
+        id: &ChatId,
+        frames: &ReplyFrames,
+        after_seq: u64,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let Some(deltas) = frames.after(after_seq) else {
+            return self.reply_not_found(id, ctx);
+        };
+        for (seq, content) in deltas {
+            let frame = ServerFrame::Delta {
+                id: id.as_str(),
+                seq,
+                content,
+            };
+            self.send(ctx, &frame);
+        }
+    }
+
+    fn reply_not_found(&mut self, id: &ChatId, ctx: &mut ws::WebsocketContext<Self>) {
+        let err = AppError::NotFound(format!(
+            "no reply {id:?} is kept for this session (unknown, ended more than \
+             CHATGATE_RESUME_GRACE_SECS ago, or its earlier deltas were dropped)"
+        ));
+        self.send(ctx, &ServerFrame::error(Some(id.as_str()), &err));
     }
 
     /// Starts closing: running replies are cancelled and the close follows their last frames.
@@ -242,10 +420,51 @@ impl WsConnection {
 }
 
 impl WsConnection {
+    /// Opens (or resumes) the session; a resumed one also learns its kept replies, once a
+    /// socket it took the session from has handed them over. Then the `session` frame.
+    async fn open_session(
+        open: OpenSession,
+        registry: Addr<SessionRegistry>,
+        keeper: Option<Addr<ReplyKeeper>>,
+        watchdog: Addr<SocketWatchdog>,
+    ) -> (
+        Result<SessionOpened, MailboxError>,
+        Option<Vec<ReplySummary>>,
+    ) {
+        let conn_id = open.conn_id;
+        let opened = match registry.send(open).await {
+            Ok(opened) => opened,
+            Err(err) => return (Err(err), None),
+        };
+        if opened.resumed {
+            // A socket it took the session from may be frozen and unable to close (and to
+            // hand its replies over, which the listing below waits for).
+            watchdog.do_send(ExpectClose {
+                target: CloseTarget::Session(opened.id.clone()),
+                within: CLOSE_WITHIN,
+            });
+        }
+        let attach = |listing| AttachSocket {
+            session: opened.id.clone(),
+            conn_id,
+            listing,
+        };
+        let replies = match (&keeper, opened.resumed) {
+            (Some(keeper), true) => Some(keeper.send(attach(true)).await.unwrap_or_default()),
+            (Some(keeper), false) => {
+                keeper.do_send(attach(false));
+                None
+            }
+            (None, resumed) => resumed.then(Vec::new),
+        };
+        (Ok(opened), replies)
+    }
+
     /// Sends the `session` frame, or closes when the registry did not answer.
     fn session_opened(
         &mut self,
         opened: Result<SessionOpened, MailboxError>,
+        replies: Option<Vec<ReplySummary>>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         match opened {
@@ -262,15 +481,9 @@ impl WsConnection {
                     &ServerFrame::Session {
                         session_id: opened.id.as_str(),
                         resumed: opened.resumed,
+                        replies: replies.as_deref(),
                     },
                 );
-                if opened.resumed {
-                    // A socket it took the session from may be frozen and unable to close.
-                    self.watchdog.do_send(ExpectClose {
-                        target: CloseTarget::Session(opened.id.clone()),
-                        within: CLOSE_WITHIN,
-                    });
-                }
                 self.watchdog.do_send(SocketSession {
                     conn_id: self.conn_id,
                     session: opened.id.clone(),
@@ -311,19 +524,24 @@ impl Actor for WsConnection {
             conn_id: self.conn_id,
             connection: ctx.address().recipient(),
         };
+        let opening = Self::open_session(
+            open,
+            self.registry.clone(),
+            self.keeper.clone(),
+            self.watchdog.clone(),
+        );
         // Nothing else is handled until the session frame is out: it must be the first frame.
         ctx.wait(
-            self.registry
-                .send(open)
+            opening
                 .into_actor(self)
-                .map(|opened, act, ctx| act.session_opened(opened, ctx)),
+                .map(|(opened, replies), act, ctx| act.session_opened(opened, replies, ctx)),
         );
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.watch.actor_stopped();
-        // Running replies notice their closed channels and record themselves as cancelled.
         if let Some(id) = self.session.take() {
+            self.hand_over_replies(&id);
             self.registry.do_send(DetachSession {
                 id,
                 conn_id: self.conn_id,
@@ -337,6 +555,36 @@ impl Actor for WsConnection {
             self.conn_id,
             self.user
         );
+    }
+}
+
+impl WsConnection {
+    /// The socket goes without a `cancel`: its running replies go on with the keeper, frames
+    /// and unread events together. Without a keeper (grace 0) they are dropped here, and each
+    /// notices its closed channel, stops upstream and records itself as cancelled.
+    fn hand_over_replies(&mut self, session: &SessionId) {
+        let Some(keeper) = &self.keeper else {
+            return;
+        };
+        let replies = self
+            .running
+            .drain()
+            .filter_map(|(id, running)| {
+                Some(DetachedReply {
+                    id,
+                    frames: running.frames,
+                    events: running.events.take()?,
+                    cancel: running.cancel,
+                })
+            })
+            .collect();
+        // do_send: the hand-over must not be lost to a full mailbox, or the replies stop.
+        keeper.do_send(DetachSocket {
+            session: session.clone(),
+            conn_id: self.conn_id,
+            user: self.user.clone(),
+            replies,
+        });
     }
 }
 

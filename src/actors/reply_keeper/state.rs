@@ -1,0 +1,528 @@
+//! The kept replies and every rule about them, with no actix types: the running handle `R`
+//! (what stops a reply, or hands it to a socket) and the waiting answer `W` are the actor's.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use actix::clock::Instant;
+use serde::Serialize;
+
+use super::frames::{ReplyEnd, ReplyFrames, ReplyState};
+use crate::domain::{ChatId, SessionId, UserId};
+
+/// What a kept reply costs besides its frames (keys, map slot, bookkeeping), so that many
+/// short replies count for what they hold.
+const ENTRY_OVERHEAD: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ReplyKey {
+    pub session: SessionId,
+    pub id: ChatId,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct KeeperLimits {
+    /// How long a reply goes on without a socket, and how long an ended one stays resumable.
+    pub grace: Duration,
+    /// Cap of everything kept on this instance.
+    pub kept_max_bytes: usize,
+    /// How long a resumed session's listing waits for the socket it took over to hand over
+    /// its replies.
+    pub attach_wait: Duration,
+}
+
+/// One kept reply as the resumed session's `session` frame lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReplySummary {
+    pub id: ChatId,
+    pub state: ReplyState,
+    pub last_seq: u64,
+}
+
+/// What a resume finds.
+#[derive(Debug)]
+pub enum Resumed<R> {
+    /// Unknown, no longer kept, or missing a delta after the asked `seq`.
+    NotFound,
+    /// It ended: the deltas after the asked `seq`, then its last frames. It stays kept, for
+    /// another resume.
+    Ended {
+        deltas: Vec<(u64, String)>,
+        end: ReplyEnd,
+    },
+    /// It runs: the caller takes it over, frames (whose deltas after the asked `seq` it sends
+    /// first) and handle; the keeper forgets it.
+    Running {
+        frames: ReplyFrames,
+        user: UserId,
+        running: R,
+    },
+}
+
+/// What a sweep found due.
+pub struct Swept<R, W> {
+    /// Replies nobody resumed within the grace: to stop.
+    pub stop: Vec<R>,
+    /// Listings that waited long enough.
+    pub answers: Vec<(W, Vec<ReplySummary>)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KeeperStats {
+    /// Replies running without a socket, waiting to be resumed.
+    pub running: usize,
+    /// Ended replies still resumable.
+    pub ended: usize,
+    pub bytes: usize,
+}
+
+enum Phase<R> {
+    Running { handle: R },
+    Ended(ReplyEnd),
+}
+
+struct Kept<R> {
+    user: UserId,
+    frames: ReplyFrames,
+    phase: Phase<R>,
+    /// Changes whenever the entry is (re)placed or ends, so deadlines and events of an
+    /// earlier incarnation are recognised as stale.
+    generation: u64,
+}
+
+impl<R> Kept<R> {
+    fn cost(&self) -> usize {
+        let end = match &self.phase {
+            Phase::Running { .. } => 0,
+            Phase::Ended(end) => end.frames.iter().map(String::len).sum(),
+        };
+        ENTRY_OVERHEAD + self.frames.bytes() + end
+    }
+
+    fn summary(&self, id: &ChatId) -> ReplySummary {
+        ReplySummary {
+            id: id.clone(),
+            state: match &self.phase {
+                Phase::Running { .. } => ReplyState::Running,
+                Phase::Ended(end) => end.state,
+            },
+            last_seq: self.frames.last_seq(),
+        }
+    }
+}
+
+struct Waiter<W> {
+    session: SessionId,
+    conn_id: u64,
+    answer: W,
+    until: Instant,
+}
+
+pub struct ReplyKeeperState<R, W> {
+    limits: KeeperLimits,
+    replies: HashMap<ReplyKey, Kept<R>>,
+    by_session: HashMap<SessionId, Vec<ChatId>>,
+    /// Running replies by generation: their events name them by it.
+    runs: HashMap<u64, ReplyKey>,
+    /// (deadline, key, generation), in deadline order since the grace is one constant.
+    stop_at: VecDeque<(Instant, ReplyKey, u64)>,
+    forget_at: VecDeque<(Instant, ReplyKey, u64)>,
+    bytes: usize,
+    next_generation: u64,
+    /// Sockets holding each session, by connection id.
+    attached: HashMap<SessionId, Vec<u64>>,
+    waiting: Vec<Waiter<W>>,
+    /// Sessions ended and users disabled by an admin, for one grace: a reply handed over by
+    /// their socket after the stop (the messages race) is stopped, not kept.
+    stopped_sessions: HashMap<SessionId, Instant>,
+    stopped_users: HashMap<UserId, Instant>,
+}
+
+impl<R, W> ReplyKeeperState<R, W> {
+    pub fn new(limits: KeeperLimits) -> Self {
+        ReplyKeeperState {
+            limits,
+            replies: HashMap::new(),
+            by_session: HashMap::new(),
+            runs: HashMap::new(),
+            stop_at: VecDeque::new(),
+            forget_at: VecDeque::new(),
+            bytes: 0,
+            next_generation: 1,
+            attached: HashMap::new(),
+            waiting: Vec::new(),
+            stopped_sessions: HashMap::new(),
+            stopped_users: HashMap::new(),
+        }
+    }
+
+    pub fn limits(&self) -> &KeeperLimits {
+        &self.limits
+    }
+
+    /// A fresh generation: the caller tags the events of a reply it is about to keep running.
+    pub fn next_run(&mut self) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        generation
+    }
+
+    /// Socket `conn_id` holds `session`. With `listing`, it resumed the session and wants the
+    /// kept replies: answered now, or — while another socket still holds the session (the one
+    /// it took the session from, about to hand its replies over) — once that one let go, or
+    /// after `attach_wait`.
+    pub fn attach(
+        &mut self,
+        session: SessionId,
+        conn_id: u64,
+        listing: Option<W>,
+        now: Instant,
+    ) -> Option<(W, Vec<ReplySummary>)> {
+        let conns = self.attached.entry(session.clone()).or_default();
+        if !conns.contains(&conn_id) {
+            conns.push(conn_id);
+        }
+        let others = conns.iter().any(|c| *c != conn_id);
+        let answer = listing?;
+        if others {
+            self.waiting.push(Waiter {
+                session,
+                conn_id,
+                answer,
+                until: now + self.limits.attach_wait,
+            });
+            return None;
+        }
+        Some((answer, self.summaries(&session)))
+    }
+
+    /// Socket `conn_id` let go of `session` (after handing over its replies); listings that
+    /// waited for it are answered.
+    pub fn detach(&mut self, session: &SessionId, conn_id: u64) -> Vec<(W, Vec<ReplySummary>)> {
+        if let Some(conns) = self.attached.get_mut(session) {
+            conns.retain(|c| *c != conn_id);
+            if conns.is_empty() {
+                self.attached.remove(session);
+            }
+        }
+        let conns = self.attached.get(session).cloned().unwrap_or_default();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| &w.session == session && conns.iter().all(|c| *c == w.conn_id));
+        self.waiting = waiting;
+        ready
+            .into_iter()
+            .map(|w| {
+                let list = self.summaries(&w.session);
+                (w.answer, list)
+            })
+            .collect()
+    }
+
+    /// The session's kept replies.
+    pub fn summaries(&self, session: &SessionId) -> Vec<ReplySummary> {
+        let Some(ids) = self.by_session.get(session) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| {
+                let key = ReplyKey {
+                    session: session.clone(),
+                    id: id.clone(),
+                };
+                self.replies.get(&key).map(|kept| kept.summary(id))
+            })
+            .collect()
+    }
+
+    /// A running reply whose socket went: it goes on under `handle` (its events tagged with
+    /// `run`, from [`next_run`](Self::next_run)) until resumed, or stopped at the end of the
+    /// grace. Returns handles to stop now: a reply this one replaces, or this one if an admin
+    /// stopped its session or user.
+    pub fn keep_running(
+        &mut self,
+        key: ReplyKey,
+        user: UserId,
+        frames: ReplyFrames,
+        run: u64,
+        handle: R,
+        now: Instant,
+    ) -> Vec<R> {
+        if self.is_stopped(&key.session, &user) {
+            return vec![handle];
+        }
+        self.stop_at
+            .push_back((now + self.limits.grace, key.clone(), run));
+        self.runs.insert(run, key.clone());
+        let kept = Kept {
+            user,
+            frames,
+            phase: Phase::Running { handle },
+            generation: run,
+        };
+        let displaced = self.insert(key, kept).into_iter().collect();
+        self.enforce_cap();
+        displaced
+    }
+
+    /// A reply that ended while its socket held it: kept for the grace. Returns the handle of
+    /// a running reply it replaces (same id), to stop.
+    pub fn keep_ended(
+        &mut self,
+        key: ReplyKey,
+        user: UserId,
+        frames: ReplyFrames,
+        end: ReplyEnd,
+        now: Instant,
+    ) -> Vec<R> {
+        if self.is_stopped(&key.session, &user) {
+            return Vec::new();
+        }
+        let generation = self.next_run();
+        self.forget_at
+            .push_back((now + self.limits.grace, key.clone(), generation));
+        let kept = Kept {
+            user,
+            frames,
+            phase: Phase::Ended(end),
+            generation,
+        };
+        let displaced = self.insert(key, kept).into_iter().collect();
+        self.enforce_cap();
+        displaced
+    }
+
+    /// A delta of running reply `run`.
+    pub fn on_delta(&mut self, run: u64, content: &str) {
+        let Some(key) = self.runs.get(&run) else {
+            return;
+        };
+        if let Some(kept) = self.replies.get_mut(key) {
+            let before = kept.frames.bytes();
+            kept.frames.push(content);
+            self.bytes = self.bytes + kept.frames.bytes() - before;
+        }
+        self.enforce_cap();
+    }
+
+    /// Running reply `run` ended: its frames stay for the grace from now. Returns its handle
+    /// (its stream is spent) to let go of.
+    pub fn on_end(&mut self, run: u64, end: ReplyEnd, now: Instant) -> Option<R> {
+        let key = self.runs.remove(&run)?;
+        let kept = self.replies.get_mut(&key)?;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let added: usize = end.frames.iter().map(String::len).sum();
+        let previous = std::mem::replace(&mut kept.phase, Phase::Ended(end));
+        kept.generation = generation;
+        self.bytes += added;
+        self.forget_at
+            .push_back((now + self.limits.grace, key, generation));
+        self.enforce_cap();
+        match previous {
+            Phase::Running { handle } => Some(handle),
+            Phase::Ended(_) => None,
+        }
+    }
+
+    /// A socket of the session asks for reply `key` from after `after_seq`.
+    pub fn resume(&mut self, key: &ReplyKey, after_seq: u64) -> Resumed<R> {
+        let Some(kept) = self.replies.get(key) else {
+            return Resumed::NotFound;
+        };
+        if let Phase::Ended(end) = &kept.phase {
+            return match kept.frames.after(after_seq) {
+                Some(deltas) => Resumed::Ended {
+                    deltas: deltas.map(|(seq, text)| (seq, text.to_string())).collect(),
+                    end: end.clone(),
+                },
+                None => Resumed::NotFound,
+            };
+        }
+        if kept.frames.after(after_seq).is_none() {
+            return Resumed::NotFound;
+        }
+        match self.remove(key) {
+            Some(Kept {
+                user,
+                frames,
+                phase: Phase::Running { handle },
+                ..
+            }) => Resumed::Running {
+                frames,
+                user,
+                running: handle,
+            },
+            _ => Resumed::NotFound,
+        }
+    }
+
+    /// Stops every reply of `session` (an admin ended it); returns their handles.
+    pub fn stop_session(&mut self, session: &SessionId, now: Instant) -> Vec<R> {
+        self.stopped_sessions
+            .insert(session.clone(), now + self.limits.grace);
+        let ids = self.by_session.get(session).cloned().unwrap_or_default();
+        ids.into_iter()
+            .filter_map(|id| {
+                self.remove(&ReplyKey {
+                    session: session.clone(),
+                    id,
+                })
+            })
+            .filter_map(Kept::into_handle)
+            .collect()
+    }
+
+    /// Stops every reply of `user` (an admin disabled them); returns their handles.
+    pub fn stop_user(&mut self, user: &UserId, now: Instant) -> Vec<R> {
+        self.stopped_users
+            .insert(user.clone(), now + self.limits.grace);
+        let keys: Vec<ReplyKey> = self
+            .replies
+            .iter()
+            .filter(|(_, kept)| &kept.user == user)
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.iter()
+            .filter_map(|key| self.remove(key))
+            .filter_map(Kept::into_handle)
+            .collect()
+    }
+
+    /// Forgets what is past its time: running replies past the grace (returned, to stop),
+    /// ended ones, listings that waited long enough, admin stops.
+    pub fn sweep(&mut self, now: Instant) -> Swept<R, W> {
+        let mut stop = Vec::new();
+        while let Some((at, key, generation)) = self.stop_at.front() {
+            if *at > now {
+                break;
+            }
+            if self.is_current(key, *generation, true) {
+                let key = key.clone();
+                if let Some(handle) = self.remove(&key).and_then(Kept::into_handle) {
+                    stop.push(handle);
+                }
+            }
+            self.stop_at.pop_front();
+        }
+        while let Some((at, key, generation)) = self.forget_at.front() {
+            if *at > now {
+                break;
+            }
+            if self.is_current(key, *generation, false) {
+                let key = key.clone();
+                self.remove(&key);
+            }
+            self.forget_at.pop_front();
+        }
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| w.until <= now);
+        self.waiting = waiting;
+        let answers = due
+            .into_iter()
+            .map(|w| {
+                let list = self.summaries(&w.session);
+                (w.answer, list)
+            })
+            .collect();
+        self.stopped_sessions.retain(|_, until| *until > now);
+        self.stopped_users.retain(|_, until| *until > now);
+        if self.replies.is_empty() && self.replies.capacity() > 1024 {
+            self.replies.shrink_to_fit();
+            self.by_session.shrink_to_fit();
+            self.runs.shrink_to_fit();
+            self.stop_at.shrink_to_fit();
+            self.forget_at.shrink_to_fit();
+        }
+        Swept { stop, answers }
+    }
+
+    pub fn stats(&self) -> KeeperStats {
+        KeeperStats {
+            running: self.runs.len(),
+            ended: self.replies.len() - self.runs.len(),
+            bytes: self.bytes,
+        }
+    }
+
+    fn is_stopped(&self, session: &SessionId, user: &UserId) -> bool {
+        self.stopped_sessions.contains_key(session) || self.stopped_users.contains_key(user)
+    }
+
+    fn is_current(&self, key: &ReplyKey, generation: u64, running: bool) -> bool {
+        self.replies.get(key).is_some_and(|kept| {
+            kept.generation == generation && matches!(kept.phase, Phase::Running { .. }) == running
+        })
+    }
+
+    fn insert(&mut self, key: ReplyKey, kept: Kept<R>) -> Option<R> {
+        let displaced = self.remove(&key).and_then(Kept::into_handle);
+        self.bytes += kept.cost();
+        self.by_session
+            .entry(key.session.clone())
+            .or_default()
+            .push(key.id.clone());
+        self.replies.insert(key, kept);
+        displaced
+    }
+
+    fn remove(&mut self, key: &ReplyKey) -> Option<Kept<R>> {
+        let kept = self.replies.remove(key)?;
+        self.bytes -= kept.cost();
+        if let Some(ids) = self.by_session.get_mut(&key.session) {
+            ids.retain(|id| id != &key.id);
+            if ids.is_empty() {
+                self.by_session.remove(&key.session);
+            }
+        }
+        if matches!(kept.phase, Phase::Running { .. }) {
+            self.runs.remove(&kept.generation);
+        }
+        Some(kept)
+    }
+
+    /// Keeps the total under `kept_max_bytes`: ended replies go, oldest first; if running
+    /// ones alone are over, the biggest lose their oldest deltas (they go on; a resume that
+    /// needs those deltas is refused). Nothing is stopped for room.
+    fn enforce_cap(&mut self) {
+        while self.bytes > self.limits.kept_max_bytes {
+            let Some((_, key, generation)) = self.forget_at.pop_front() else {
+                break;
+            };
+            if self.is_current(&key, generation, false) {
+                self.remove(&key);
+            }
+        }
+        while self.bytes > self.limits.kept_max_bytes {
+            let biggest = self
+                .runs
+                .values()
+                .filter_map(|key| self.replies.get(key).map(|kept| (kept.frames.bytes(), key)))
+                .max_by_key(|(bytes, _)| *bytes);
+            let Some((bytes, key)) = biggest.filter(|(bytes, _)| *bytes > 0) else {
+                break;
+            };
+            let key = key.clone();
+            let over = self.bytes - self.limits.kept_max_bytes;
+            if let Some(kept) = self.replies.get_mut(&key) {
+                kept.frames
+                    .trim_to(bytes.saturating_sub(over.max(bytes / 2)));
+                self.bytes = self.bytes - bytes + kept.frames.bytes();
+            }
+        }
+    }
+}
+
+impl<R> Kept<R> {
+    fn into_handle(self) -> Option<R> {
+        match self.phase {
+            Phase::Running { handle } => Some(handle),
+            Phase::Ended(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
