@@ -436,6 +436,11 @@ mod tests {
             cancelled: true,
             finish_reason: Arc::from("cancelled"),
             tool_calls: Vec::new(),
+            quota: crate::domain::QuotaReceipt {
+                used: 1,
+                limit: 9,
+                resets_at: chrono::DateTime::from_timestamp(1_796_083_200, 0).expect("time"),
+            },
         })
         .await
         .expect("open");
