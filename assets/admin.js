@@ -259,21 +259,22 @@ function renderTotals(frame) {
   $('#t-conns').textContent = num(frame.hub.connections);
   $('#t-active').textContent = num(frame.sessions.active);
   $('#t-inactive').textContent = num(frame.sessions.inactive);
-  renderReplies(frame.replies);
+  renderReplies(frame.hub);
   const refused = Object.entries(frame.rejected || {});
   $('#rejected').textContent = refused.length
     ? `Refused at admission since start: ${refused.map(([c, n]) => `${c} ${num(n)}`).join(' · ')}`
     : '';
 }
 
-// Resumable replies: `replies` = { running, awaiting_resume, kept_bytes } (whole cluster).
-// A server without resumable replies sends no `replies`: the tile then shows "–".
-function renderReplies(replies) {
-  const awaiting = replies?.awaiting_resume;
+// Resumable replies, from `hub` (whole cluster): `replies_awaiting_resume` (running, socket
+// gone), `replies_kept` (ended, still resumable), `replies_kept_bytes`. An older server sends
+// none of them: the tile then shows "–".
+function renderReplies(hub) {
+  const awaiting = hub?.replies_awaiting_resume;
   $('#t-awaiting').textContent = typeof awaiting === 'number' ? num(awaiting) : '–';
   const detail = [
-    typeof replies?.running === 'number' && `${num(replies.running)} running`,
-    typeof replies?.kept_bytes === 'number' && `${bytes(replies.kept_bytes)} kept`,
+    typeof hub?.replies_kept === 'number' && `${num(hub.replies_kept)} ended kept`,
+    typeof hub?.replies_kept_bytes === 'number' && `${bytes(hub.replies_kept_bytes)}`,
   ].filter(Boolean).join(' · ');
   $('#t-replies').textContent = detail;
 }

@@ -83,6 +83,7 @@ impl AppState {
             registry: self.registry.clone(),
             flusher: self.flusher.clone(),
             connections: self.connections.clone(),
+            reply_keeper: self.reply_keeper.clone(),
             membership: self.cluster.as_ref().map(|c| c.membership.clone()),
             instance: Arc::from(self.settings.cluster.instance_id.as_str()),
         }

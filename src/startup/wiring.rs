@@ -121,11 +121,18 @@ pub(super) fn start_actors(
     )
     .start();
     let connections = start_connections(&settings, cluster.as_ref(), &watchdog);
+    let reply_keeper = ReplyKeeper::new(KeeperLimits {
+        grace: Duration::from_secs(timers.resume_grace_secs),
+        kept_max_bytes: KEPT_MAX_BYTES,
+        attach_wait: ATTACH_WAIT,
+    })
+    .start();
     let sources = ReportSources {
         metrics: metrics.clone(),
         registry: registry.clone(),
         flusher: flusher.clone(),
         connections: connections.clone(),
+        reply_keeper: reply_keeper.clone(),
         membership: cluster.as_ref().map(|c| c.membership.clone()),
         instance: Arc::from(settings.cluster.instance_id.as_str()),
     };
@@ -172,12 +179,6 @@ pub(super) fn start_actors(
         settings.collector.clone(),
         std::rc::Rc::new(DbCollectorStore { db: pool.clone() }),
     )
-    .start();
-    let reply_keeper = ReplyKeeper::new(KeeperLimits {
-        grace: Duration::from_secs(timers.resume_grace_secs),
-        kept_max_bytes: KEPT_MAX_BYTES,
-        attach_wait: ATTACH_WAIT,
-    })
     .start();
     Ok(AppState {
         settings,

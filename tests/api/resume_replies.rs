@@ -202,6 +202,16 @@ async fn a_reply_that_ended_while_away_is_replayed_after_the_last_seq_received()
     drop(ws);
     // Recorded means ended, without anyone reading it.
     assert_eq!(outcomes(&app, "alice", 1).await, ["ok"]);
+    // The dashboard's numbers: one ended reply kept, nothing running without its socket.
+    let admin = app.admin_token("ops");
+    let (status, metrics) = app.get("/admin/metrics", Some(&admin)).await;
+    assert_eq!(status, 200, "{metrics}");
+    assert_eq!(metrics["hub"]["replies_kept"], 1, "{metrics}");
+    assert_eq!(metrics["hub"]["replies_awaiting_resume"], 0, "{metrics}");
+    assert!(
+        metrics["hub"]["replies_kept_bytes"].as_u64() > Some(0),
+        "{metrics}"
+    );
 
     let (mut ws, frame) = reconnect(&app, "alice", &session).await;
     assert_eq!(

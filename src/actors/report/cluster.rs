@@ -114,6 +114,9 @@ impl ClusterNumbers {
             total.frames_sent += h.frames_sent;
             total.frames_dropped += h.frames_dropped;
             total.subscribers_dropped += h.subscribers_dropped;
+            total.replies_awaiting_resume += h.replies_awaiting_resume;
+            total.replies_kept += h.replies_kept;
+            total.replies_kept_bytes += h.replies_kept_bytes;
         }
         total
     }

@@ -19,6 +19,7 @@ use super::live_feed::FeedStats;
 use super::membership::{ClusterView, GetClusterView, Membership};
 use super::metrics::state::RecentRequest;
 use super::metrics::{GetMetricsParts, MetricsAggregator, MetricsParts, Windows};
+use super::reply_keeper::{GetKeeperStats, KeeperStats, ReplyKeeper};
 use super::session_registry::{GetSessionStats, SessionRegistry, SessionStats};
 use crate::cluster::RedisHealth;
 use crate::error::AppError;
@@ -75,16 +76,29 @@ pub struct HubStats {
     pub frames_sent: u64,
     pub frames_dropped: u64,
     pub subscribers_dropped: u64,
+    /// Replies still running whose socket went, waiting to be resumed (the dashboard's
+    /// "replies awaiting resume").
+    #[serde(default)]
+    pub replies_awaiting_resume: usize,
+    /// Ended replies whose frames are still kept for a resume.
+    #[serde(default)]
+    pub replies_kept: usize,
+    /// Bytes of kept reply frames.
+    #[serde(default)]
+    pub replies_kept_bytes: usize,
 }
 
 impl HubStats {
-    pub fn new(connections: usize, feed: FeedStats) -> HubStats {
+    pub fn new(connections: usize, feed: FeedStats, replies: KeeperStats) -> HubStats {
         HubStats {
             connections,
             subscribers: feed.subscribers,
             frames_sent: feed.frames_sent,
             frames_dropped: feed.frames_dropped,
             subscribers_dropped: feed.subscribers_dropped,
+            replies_awaiting_resume: replies.running,
+            replies_kept: replies.ended,
+            replies_kept_bytes: replies.bytes,
         }
     }
 }
@@ -116,6 +130,7 @@ pub struct ReportSources {
     pub registry: Addr<SessionRegistry>,
     pub flusher: Addr<DbFlusher>,
     pub connections: Addr<Connections>,
+    pub reply_keeper: Addr<ReplyKeeper>,
     /// Cluster mode's membership (`None` without Redis).
     pub membership: Option<Addr<Membership>>,
     /// This instance's id (`CHATGATE_INSTANCE_ID`).
@@ -130,13 +145,17 @@ impl ReportSources {
         recent_limit: usize,
         feed: FeedStats,
     ) -> Result<InstanceSnapshot, AppError> {
-        let (metrics, sessions, flusher, connections) = futures_util::future::join4(
-            self.metrics.send(GetMetricsParts { recent_limit }),
-            self.registry.send(GetSessionStats),
-            self.flusher.send(GetFlusherStats),
-            self.connections.send(GetConnectionCount),
+        let ((metrics, sessions, flusher, connections), replies) = futures_util::future::join(
+            futures_util::future::join4(
+                self.metrics.send(GetMetricsParts { recent_limit }),
+                self.registry.send(GetSessionStats),
+                self.flusher.send(GetFlusherStats),
+                self.connections.send(GetConnectionCount),
+            ),
+            self.reply_keeper.send(GetKeeperStats),
         )
         .await;
+        let replies = replies.map_err(|e| AppError::unavailable_mailbox("reply_keeper", e))?;
         let connections =
             connections.map_err(|e| AppError::unavailable_mailbox("connections", e))?;
         Ok(InstanceSnapshot {
@@ -145,7 +164,7 @@ impl ReportSources {
             metrics: metrics.map_err(|e| AppError::unavailable_mailbox("metrics_aggregator", e))?,
             sessions: sessions.map_err(|e| AppError::unavailable_mailbox("session_registry", e))?,
             flusher: flusher.map_err(|e| AppError::unavailable_mailbox("db_flusher", e))?,
-            hub: HubStats::new(connections, feed),
+            hub: HubStats::new(connections, feed, replies),
         })
     }
 
