@@ -42,6 +42,18 @@ pub enum Command {
     CloseUserSockets { user_id: String },
     /// The allowed origins changed in the database: reload them.
     OriginsChanged,
+    /// The session is resumed on the asking instance: export its kept replies to Redis (once
+    /// no socket here holds it) and answer when they are written.
+    ExportReplies { session_id: String },
+    /// A socket on the asking instance resumed this running reply (`held`), or let it go
+    /// again (it then has the grace to be resumed before it is stopped).
+    ReplyHeld {
+        session_id: String,
+        id: String,
+        held: bool,
+    },
+    /// The client cancelled this running reply on the asking instance.
+    CancelReply { session_id: String, id: String },
 }
 
 /// A command's kind, which picks the actor that handles it.
@@ -51,6 +63,8 @@ pub enum CommandKind {
     TakeOverSession,
     CloseUserSockets,
     OriginsChanged,
+    /// Every command about kept replies.
+    Replies,
 }
 
 impl Command {
@@ -60,6 +74,9 @@ impl Command {
             Command::TakeOverSession { .. } => CommandKind::TakeOverSession,
             Command::CloseUserSockets { .. } => CommandKind::CloseUserSockets,
             Command::OriginsChanged => CommandKind::OriginsChanged,
+            Command::ExportReplies { .. }
+            | Command::ReplyHeld { .. }
+            | Command::CancelReply { .. } => CommandKind::Replies,
         }
     }
 }

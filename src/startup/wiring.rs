@@ -17,7 +17,9 @@ use crate::actors::metrics::MetricsAggregator;
 use crate::actors::origins::Origins;
 use crate::actors::quota_leases::QuotaLeases;
 use crate::actors::rate_limiter::RateLimiter;
-use crate::actors::reply_keeper::{KeeperLimits, ReplyKeeper, ATTACH_WAIT, KEPT_MAX_BYTES};
+use crate::actors::reply_keeper::{
+    KeeperLimits, ReplyKeeper, ReplyMirror, ATTACH_WAIT, KEPT_MAX_BYTES,
+};
 use crate::actors::report::ReportSources;
 use crate::actors::session_registry::{HistoryLimits, RedisSessionStore, SessionRegistry};
 use crate::actors::socket_watchdog::{SocketWatchdog, WatchdogLimits};
@@ -121,12 +123,7 @@ pub(super) fn start_actors(
     )
     .start();
     let connections = start_connections(&settings, cluster.as_ref(), &watchdog);
-    let reply_keeper = ReplyKeeper::new(KeeperLimits {
-        grace: Duration::from_secs(timers.resume_grace_secs),
-        kept_max_bytes: KEPT_MAX_BYTES,
-        attach_wait: ATTACH_WAIT,
-    })
-    .start();
+    let reply_keeper = start_reply_keeper(&settings, cluster.as_ref());
     let sources = ReportSources {
         metrics: metrics.clone(),
         registry: registry.clone(),
@@ -202,6 +199,33 @@ pub(super) fn start_actors(
         reply_keeper,
         cluster,
     })
+}
+
+/// The reply keeper; in cluster mode mirroring kept replies to Redis and answering the other
+/// instances' commands about them.
+fn start_reply_keeper(settings: &Settings, cluster: Option<&ClusterHandles>) -> Addr<ReplyKeeper> {
+    let grace = Duration::from_secs(settings.timers.resume_grace_secs);
+    let keeper = ReplyKeeper::new(KeeperLimits {
+        grace,
+        kept_max_bytes: KEPT_MAX_BYTES,
+        attach_wait: ATTACH_WAIT,
+    });
+    let Some(cluster) = cluster else {
+        return keeper.start();
+    };
+    let mirror = ReplyMirror::new(
+        cluster.link.clone(),
+        grace,
+        Arc::new(crate::ws::chat_frames::owner_gone),
+    );
+    let keeper = keeper
+        .mirrored(mirror, cluster.bus.clone().recipient())
+        .start();
+    cluster.bus.do_send(RouteCommands {
+        kind: CommandKind::Replies,
+        to: keeper.clone().recipient(),
+    });
+    keeper
 }
 
 /// The open connections and the per-user cap: over the whole cluster in cluster mode, where

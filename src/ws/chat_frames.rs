@@ -13,6 +13,7 @@ use crate::actors::reply_keeper::{ReplyEnd, ReplyEvent, ReplyState, ReplyStream}
 use crate::chat::{ChatEvent, ChatRequest, HistorySource};
 use crate::domain::message::{ChatMessage, ChatRole, Params, RawJson, Turn};
 use crate::domain::{ChatId, SessionId, UserId};
+use crate::error::AppError;
 
 /// Fields chatgate sets itself; a `params` object may not carry them.
 const RESERVED_PARAMS: [(&str, &str); 4] = [
@@ -227,6 +228,17 @@ pub fn reply_stream(id: ChatId, events: mpsc::Receiver<ChatEvent>) -> ReplyStrea
             }
         },
     ))
+}
+
+/// The end of a reply whose owning instance vanished while another one relayed it.
+pub fn owner_gone(id: &ChatId) -> ReplyEnd {
+    let err = AppError::Unavailable(
+        "the instance streaming this reply is gone; send the chat again".into(),
+    );
+    ReplyEnd {
+        state: ReplyState::Error,
+        frames: vec![ServerFrame::error(Some(id.as_str()), &err).to_json()],
+    }
 }
 
 fn reply_event(id: &ChatId, event: ChatEvent) -> Option<ReplyEvent> {

@@ -7,6 +7,7 @@ mod client_address;
 mod cluster_limits;
 mod cluster_origins;
 mod cluster_redis_outage;
+mod cluster_replies;
 mod cluster_sessions;
 mod cluster_support;
 mod cluster_views;

@@ -29,7 +29,7 @@ async fn app(grace_secs: u64, models: Vec<ModelSettings>) -> TestApp {
 }
 
 /// `w1 w2 … wn`, and the deltas echo streams for it.
-fn words(n: usize) -> (String, Vec<String>) {
+pub(crate) fn words(n: usize) -> (String, Vec<String>) {
     let text = (1..=n)
         .map(|i| format!("w{i}"))
         .collect::<Vec<_>>()
@@ -48,27 +48,27 @@ fn words(n: usize) -> (String, Vec<String>) {
 
 /// What a client received of one reply.
 #[derive(Debug, Default)]
-struct Received {
-    deltas: Vec<(u64, String)>,
-    end: Option<Value>,
+pub(crate) struct Received {
+    pub deltas: Vec<(u64, String)>,
+    pub end: Option<Value>,
 }
 
 impl Received {
-    fn seqs(&self) -> Vec<u64> {
+    pub fn seqs(&self) -> Vec<u64> {
         self.deltas.iter().map(|(seq, _)| *seq).collect()
     }
 
-    fn last_seq(&self) -> u64 {
+    pub fn last_seq(&self) -> u64 {
         self.deltas.last().map_or(0, |(seq, _)| *seq)
     }
 
-    fn texts(&self) -> Vec<String> {
+    pub fn texts(&self) -> Vec<String> {
         self.deltas.iter().map(|(_, text)| text.clone()).collect()
     }
 }
 
 /// Reads frames of reply `id` into `into` until it holds `deltas` deltas or the reply ended.
-async fn read(ws: &mut WsClient, id: &str, into: &mut Received, deltas: usize) {
+pub(crate) async fn read(ws: &mut WsClient, id: &str, into: &mut Received, deltas: usize) {
     while into.end.is_none() && into.deltas.len() < deltas {
         let frame = ws.expect_json().await;
         assert_eq!(frame["id"], id, "a frame of another reply: {frame}");
@@ -84,7 +84,7 @@ async fn read(ws: &mut WsClient, id: &str, into: &mut Received, deltas: usize) {
     }
 }
 
-async fn read_to_end(ws: &mut WsClient, id: &str, into: &mut Received) {
+pub(crate) async fn read_to_end(ws: &mut WsClient, id: &str, into: &mut Received) {
     read(ws, id, into, usize::MAX).await;
 }
 
@@ -108,7 +108,7 @@ async fn reconnect(app: &TestApp, user: &str, session: &str) -> (WsClient, Value
     (ws, frame)
 }
 
-async fn resume(ws: &mut WsClient, id: &str, after_seq: u64) {
+pub(crate) async fn resume(ws: &mut WsClient, id: &str, after_seq: u64) {
     ws.send_json(json!({"type": "resume", "id": id, "after_seq": after_seq}))
         .await;
 }
@@ -135,7 +135,7 @@ async fn chatgate_flush(app: &TestApp) {
         .expect("flushed");
 }
 
-fn listed(session_frame: &Value, id: &str) -> Value {
+pub(crate) fn listed(session_frame: &Value, id: &str) -> Value {
     session_frame["replies"]
         .as_array()
         .unwrap_or_else(|| panic!("a resumed session lists its replies: {session_frame}"))

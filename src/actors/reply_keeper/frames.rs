@@ -33,6 +33,28 @@ pub enum ReplyState {
     Cancelled,
 }
 
+impl ReplyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyState::Running => "running",
+            ReplyState::Done => "done",
+            ReplyState::Error => "error",
+            ReplyState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ReplyState> {
+        [
+            ReplyState::Running,
+            ReplyState::Done,
+            ReplyState::Error,
+            ReplyState::Cancelled,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == name)
+    }
+}
+
 /// A running reply's events; `Send`, so it can move between a socket's worker and the keeper.
 pub type ReplyStream = Pin<Box<dyn Stream<Item = ReplyEvent> + Send>>;
 
@@ -63,6 +85,15 @@ impl ReplyFrames {
             base: 0,
             first_seq: 1,
             max_bytes,
+        }
+    }
+
+    /// Frames of a reply whose deltas before `first_seq` are elsewhere (another instance
+    /// streamed them): the next delta kept is `first_seq`.
+    pub fn starting_at(first_seq: u64, max_bytes: usize) -> ReplyFrames {
+        ReplyFrames {
+            first_seq: first_seq.max(1),
+            ..ReplyFrames::new(max_bytes)
         }
     }
 
@@ -120,6 +151,11 @@ impl ReplyFrames {
 
     fn bytes_without(&self, frames: usize, cut: usize) -> usize {
         (self.text.len() - (cut - self.base)) + (self.ends.len() - frames) * FRAME_OVERHEAD
+    }
+
+    /// Every delta still kept, oldest first.
+    pub fn kept(&self) -> impl Iterator<Item = (u64, &str)> + '_ {
+        self.after(self.first_seq - 1).into_iter().flatten()
     }
 
     /// The deltas after `after_seq`, oldest first, or `None` when one of them was dropped.
@@ -204,6 +240,20 @@ mod tests {
         assert_eq!(texts(&frames, 2), Some(vec![]));
         assert_eq!(frames.push("c"), 3);
         assert_eq!(texts(&frames, 2), Some(vec![(3, "c".into())]));
+    }
+
+    #[test]
+    fn frames_can_start_past_the_first_seq() {
+        let mut frames = ReplyFrames::starting_at(5, 1 << 20);
+        assert_eq!(frames.last_seq(), 4);
+        assert!(frames.after(3).is_none());
+        assert_eq!(texts(&frames, 4), Some(vec![]));
+        assert_eq!(frames.push("e"), 5);
+        assert_eq!(texts(&frames, 4), Some(vec![(5, "e".into())]));
+        for state in [ReplyState::Running, ReplyState::Done, ReplyState::Cancelled] {
+            assert_eq!(ReplyState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(ReplyState::parse("paused"), None);
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub struct AttachSocket {
     pub session: SessionId,
     pub conn_id: u64,
     pub listing: bool,
+    /// Cluster mode: the instance that had the session before (it may keep replies of it,
+    /// which it exports when asked).
+    pub previous_instance: Option<String>,
 }
 
 /// A running reply a socket hands over as it goes.
@@ -25,6 +28,9 @@ pub struct DetachedReply {
     pub events: ReplyStream,
     /// `None` once the client cancelled it (its end is on the way).
     pub cancel: Option<oneshot::Sender<CancelReason>>,
+    /// The instance that streams it, when that is another one (its frames come through
+    /// Redis).
+    pub owner: Option<String>,
 }
 
 /// Socket `conn_id` is gone without a `cancel`: its running replies go on for the grace.

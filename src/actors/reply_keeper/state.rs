@@ -14,6 +14,9 @@ use crate::domain::{ChatId, SessionId, UserId};
 /// short replies count for what they hold.
 const ENTRY_OVERHEAD: usize = 256;
 
+/// The connection id of a waiter that is not a socket (another instance asking).
+const NOT_A_SOCKET: u64 = u64::MAX;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ReplyKey {
     pub session: SessionId,
@@ -88,6 +91,23 @@ struct Kept<R> {
     /// Changes whenever the entry is (re)placed or ends, so deadlines and events of an
     /// earlier incarnation are recognised as stale.
     generation: u64,
+    /// Cluster mode: copied to Redis, where its later frames follow it.
+    exported: bool,
+    /// Streamed by another instance (this one follows it through Redis): never exported here.
+    foreign: bool,
+    /// A socket on another instance resumed it: not stopped while that one holds it.
+    held_elsewhere: bool,
+    /// A running reply is stopped at the first sweep from then on.
+    stop_after: Instant,
+}
+
+/// A kept reply as the cluster mirror copies it.
+#[derive(Debug)]
+pub struct Export {
+    pub key: ReplyKey,
+    pub deltas: Vec<(u64, String)>,
+    pub last_seq: u64,
+    pub end: Option<ReplyEnd>,
 }
 
 impl<R> Kept<R> {
@@ -259,6 +279,10 @@ impl<R, W> ReplyKeeperState<R, W> {
             frames,
             phase: Phase::Running { handle },
             generation: run,
+            exported: false,
+            foreign: false,
+            held_elsewhere: false,
+            stop_after: now + self.limits.grace,
         };
         let displaced = self.insert(key, kept).into_iter().collect();
         self.enforce_cap();
@@ -286,23 +310,126 @@ impl<R, W> ReplyKeeperState<R, W> {
             frames,
             phase: Phase::Ended(end),
             generation,
+            exported: false,
+            foreign: false,
+            held_elsewhere: false,
+            stop_after: now,
         };
         let displaced = self.insert(key, kept).into_iter().collect();
         self.enforce_cap();
         displaced
     }
 
-    /// A delta of running reply `run`.
-    pub fn on_delta(&mut self, run: u64, content: &str) {
-        let Some(key) = self.runs.get(&run) else {
-            return;
-        };
+    /// A delta of running reply `run`. Returns its key and `seq` when the reply is exported
+    /// (the delta must follow it to the mirror).
+    pub fn on_delta(&mut self, run: u64, content: &str) -> Option<(ReplyKey, u64)> {
+        let key = self.runs.get(&run)?;
+        let mut mirrored = None;
         if let Some(kept) = self.replies.get_mut(key) {
             let before = kept.frames.bytes();
-            kept.frames.push(content);
+            let seq = kept.frames.push(content);
             self.bytes = self.bytes + kept.frames.bytes() - before;
+            if kept.exported {
+                mirrored = Some((key.clone(), seq));
+            }
         }
         self.enforce_cap();
+        mirrored
+    }
+
+    /// Running reply `run`'s key and last `seq`, when it is exported (its end must follow).
+    pub fn exported_run(&self, run: u64) -> Option<(ReplyKey, u64)> {
+        let key = self.runs.get(&run)?;
+        let kept = self.replies.get(key).filter(|kept| kept.exported)?;
+        Some((key.clone(), kept.frames.last_seq()))
+    }
+
+    /// Marks the running reply `key` as streamed by another instance.
+    pub fn mark_foreign(&mut self, key: &ReplyKey) {
+        if let Some(kept) = self.replies.get_mut(key) {
+            kept.foreign = true;
+        }
+    }
+
+    /// The session's kept replies not yet exported (nor streamed elsewhere), now marked
+    /// exported: the mirror copies them, and their later frames follow.
+    pub fn export_session(&mut self, session: &SessionId) -> Vec<Export> {
+        let Some(ids) = self.by_session.get(session) else {
+            return Vec::new();
+        };
+        let mut exports = Vec::new();
+        for id in ids {
+            let key = ReplyKey {
+                session: session.clone(),
+                id: id.clone(),
+            };
+            let Some(kept) = self.replies.get_mut(&key) else {
+                continue;
+            };
+            if kept.exported || kept.foreign {
+                continue;
+            }
+            kept.exported = true;
+            // The deltas still kept: a resume needing older ones is refused there as here.
+            let deltas = kept
+                .frames
+                .kept()
+                .map(|(seq, text)| (seq, text.to_string()))
+                .collect();
+            exports.push(Export {
+                key,
+                deltas,
+                last_seq: kept.frames.last_seq(),
+                end: match &kept.phase {
+                    Phase::Ended(end) => Some(end.clone()),
+                    Phase::Running { .. } => None,
+                },
+            });
+        }
+        exports
+    }
+
+    /// A socket on another instance took running reply `key` (`held`), or let it go again:
+    /// from then it has the grace to be resumed. False when it is not running here.
+    pub fn set_held_elsewhere(&mut self, key: &ReplyKey, held: bool, now: Instant) -> bool {
+        let grace = self.limits.grace;
+        let Some(kept) = self.replies.get_mut(key) else {
+            return false;
+        };
+        if !matches!(kept.phase, Phase::Running { .. }) {
+            return false;
+        }
+        kept.held_elsewhere = held;
+        if !held {
+            kept.stop_after = now + grace;
+            self.stop_at
+                .push_back((now + grace, key.clone(), kept.generation));
+        }
+        true
+    }
+
+    /// The handle of running reply `key`.
+    pub fn running_mut(&mut self, key: &ReplyKey) -> Option<&mut R> {
+        match &mut self.replies.get_mut(key)?.phase {
+            Phase::Running { handle } => Some(handle),
+            Phase::Ended(_) => None,
+        }
+    }
+
+    /// Waits for no socket here to hold `session` (one about to hand its replies over): the
+    /// answer comes back now when none does, otherwise with the listing once it let go (or
+    /// after `attach_wait`).
+    pub fn when_unattached(&mut self, session: &SessionId, answer: W, now: Instant) -> Option<W> {
+        if !self.attached.contains_key(session) {
+            return Some(answer);
+        }
+        self.waiting.push(Waiter {
+            session: session.clone(),
+            conn_id: NOT_A_SOCKET,
+            answer,
+            until: now + self.limits.attach_wait,
+        });
+        None
     }
 
     /// Running reply `run` ended: its frames stay for the grace from now. Returns its handle
@@ -397,7 +524,7 @@ impl<R, W> ReplyKeeperState<R, W> {
             if *at > now {
                 break;
             }
-            if self.is_current(key, *generation, true) {
+            if self.is_current(key, *generation, true) && self.is_due(key, now) {
                 let key = key.clone();
                 if let Some(handle) = self.remove(&key).and_then(Kept::into_handle) {
                     stop.push(handle);
@@ -439,11 +566,27 @@ impl<R, W> ReplyKeeperState<R, W> {
     }
 
     pub fn stats(&self) -> KeeperStats {
+        let held_elsewhere = self
+            .runs
+            .values()
+            .filter(|key| {
+                self.replies
+                    .get(key)
+                    .is_some_and(|kept| kept.held_elsewhere)
+            })
+            .count();
         KeeperStats {
-            running: self.runs.len(),
+            running: self.runs.len() - held_elsewhere,
             ended: self.replies.len() - self.runs.len(),
             bytes: self.bytes,
         }
+    }
+
+    /// Not held by another instance's socket, and past its deadline.
+    fn is_due(&self, key: &ReplyKey, now: Instant) -> bool {
+        self.replies
+            .get(key)
+            .is_some_and(|kept| !kept.held_elsewhere && kept.stop_after <= now)
     }
 
     fn is_stopped(&self, session: &SessionId, user: &UserId) -> bool {

@@ -29,6 +29,7 @@ fn detached(id: &str, rx: mpsc::Receiver<ReplyEvent>) -> DetachedReply {
         frames: ReplyFrames::new(REPLY_MAX_BYTES),
         events: events(rx),
         cancel: None,
+        owner: None,
     }
 }
 
@@ -82,6 +83,7 @@ async fn a_reply_resumed_mid_stream_continues_without_gap_or_duplicate() {
                 session: session(),
                 conn_id: 2,
                 listing: true,
+                previous_instance: None,
             })
             .await
             .expect("keeper");

@@ -209,7 +209,8 @@ async fn a_session_resumes_on_another_instance_with_its_history() {
         resumed,
         SessionOpened {
             id: opened.id.clone(),
-            resumed: true
+            resumed: true,
+            previous_instance: Some("a".into()),
         }
     );
     let seen = chat(&b, &opened.id, "one two").await;

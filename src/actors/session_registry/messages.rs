@@ -25,6 +25,8 @@ pub struct OpenSession {
 pub struct SessionOpened {
     pub id: SessionId,
     pub resumed: bool,
+    /// Cluster mode: the instance that held the session before this one claimed it.
+    pub previous_instance: Option<String>,
 }
 
 /// The connection went away; the session becomes inactive (resumable).

@@ -285,9 +285,13 @@ impl SessionRegistry {
             Ok(Claim::Claimed {
                 previous_writer, ..
             }) if previous_writer == me && self.state.knows(&id) => self.open_here(msg, Some(id)),
-            Ok(Claim::Claimed { session, .. }) => {
-                let (opened, previous, row) =
+            Ok(Claim::Claimed {
+                session,
+                previous_writer,
+            }) => {
+                let (mut opened, previous, row) =
                     self.state.adopt(id, session, (msg.conn_id, msg.connection));
+                opened.previous_instance = Some(previous_writer).filter(|p| *p != me);
                 if let Some(previous) = previous {
                     previous.do_send(CloseConnection {
                         code: 1008,

@@ -223,7 +223,15 @@ impl RegistryState {
         self.sessions.insert(id.clone(), session);
         self.active += 1;
         self.touched(&id);
-        (SessionOpened { id, resumed: false }, None, row)
+        (
+            SessionOpened {
+                id,
+                resumed: false,
+                previous_instance: None,
+            },
+            None,
+            row,
+        )
     }
 
     /// Attaches `attachment` to the existing session `id` (see [`open`](Self::open)); hands
@@ -246,7 +254,11 @@ impl RegistryState {
         let row = Self::row(&id, session);
         self.touched(&id);
         Ok((
-            SessionOpened { id, resumed: true },
+            SessionOpened {
+                id,
+                resumed: true,
+                previous_instance: None,
+            },
             previous.map(|a| a.connection),
             row,
         ))
@@ -289,7 +301,11 @@ impl RegistryState {
         // sessions attached here changes, which the next write carries.
         self.touched(&id);
         (
-            SessionOpened { id, resumed: true },
+            SessionOpened {
+                id,
+                resumed: true,
+                previous_instance: None,
+            },
             previous.map(|a| a.connection),
             row,
         )

@@ -410,7 +410,8 @@ async fn an_adopted_session_is_the_stored_one_attached_here() {
         opened,
         SessionOpened {
             id: id.clone(),
-            resumed: true
+            resumed: true,
+            previous_instance: None,
         }
     );
     assert!(previous.is_none());

@@ -67,6 +67,8 @@ struct RunningChat {
     frames: ReplyFrames,
     /// Takes its events back from the context when the socket goes and the reply does not.
     events: Held,
+    /// The instance streaming it, when another one does (resumed from there).
+    owner: Option<String>,
 }
 
 /// An event of one running chat, tagged with its id.
@@ -198,7 +200,8 @@ impl WsConnection {
         } else {
             0
         };
-        self.follow(id, events, Some(handle.cancel), ReplyFrames::new(cap), ctx);
+        let frames = ReplyFrames::new(cap);
+        self.follow(id, events, Some(handle.cancel), frames, None, ctx);
     }
 
     /// Relays reply `id` from `events` on, numbering its deltas after those in `frames`.
@@ -208,6 +211,7 @@ impl WsConnection {
         events: ReplyStream,
         cancel: Option<oneshot::Sender<CancelReason>>,
         frames: ReplyFrames,
+        owner: Option<String>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let (held, events) = hold(events);
@@ -222,6 +226,7 @@ impl WsConnection {
                 cancel,
                 frames,
                 events: held,
+                owner,
             },
         );
     }
@@ -347,7 +352,14 @@ impl WsConnection {
                     reply.id
                 );
                 self.replay(&reply.id, &reply.frames, after_seq, ctx);
-                self.follow(reply.id, reply.events, reply.cancel, reply.frames, ctx);
+                let DetachedReply {
+                    id,
+                    frames,
+                    events,
+                    cancel,
+                    owner,
+                } = reply;
+                self.follow(id, events, cancel, frames, owner, ctx);
             }
         }
     }
@@ -448,6 +460,7 @@ impl WsConnection {
             session: opened.id.clone(),
             conn_id,
             listing,
+            previous_instance: opened.previous_instance.clone(),
         };
         let replies = match (&keeper, opened.resumed) {
             (Some(keeper), true) => Some(keeper.send(attach(true)).await.unwrap_or_default()),
@@ -575,6 +588,7 @@ impl WsConnection {
                     frames: running.frames,
                     events: running.events.take()?,
                     cancel: running.cancel,
+                    owner: running.owner,
                 })
             })
             .collect();

@@ -1,0 +1,218 @@
+//! Resumable replies across a cluster: a reply streamed by one real `chatgate serve` process is
+//! resumed through another after the client's connection dropped — its frames travel through
+//! Redis, its owner keeps streaming it, and it is still one chat (one row, one quota unit).
+
+use std::time::Duration;
+
+use chatgate::db::schema::{quota_usage, request_log};
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use crate::cluster_support::Cluster;
+use crate::helpers::eventually;
+use crate::resume_replies::{listed, read, read_to_end, resume, words, Received};
+use crate::ws_client::{connect_url, WsClient};
+
+/// Two instances serving `echo` and a `slow` echo that streams a word every `delay_ms`.
+fn cluster_with_slow_echo(delay_ms: u64) -> (Cluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("models.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nname = \"echo\"\nprovider = \"echo\"\n\n\
+             [[models]]\nname = \"slow\"\nprovider = \"echo\"\ndelay_ms = {delay_ms}\n"
+        ),
+    )
+    .expect("write config");
+    let config = config.to_string_lossy().to_string();
+    let cluster = Cluster::start(
+        2,
+        &[
+            ("CHATGATE_CONFIG", config.as_str()),
+            ("CHATGATE_RESUME_GRACE_SECS", "30"),
+        ],
+    );
+    (cluster, dir)
+}
+
+/// Opens a chat socket on instance `i` (resuming `session` if given) and reads its `session`
+/// frame.
+async fn open_on(
+    cluster: &Cluster,
+    i: usize,
+    user: &str,
+    session: Option<&str>,
+) -> (WsClient, Value) {
+    let query = session
+        .map(|s| format!("&session_id={s}"))
+        .unwrap_or_default();
+    let token = cluster.user_token(user);
+    let mut ws = connect_url(&cluster.ws_url(i, &token, &query), None)
+        .await
+        .expect("upgrade");
+    let frame = ws.expect_json().await;
+    assert_eq!(frame["type"], "session", "{frame}");
+    assert_eq!(frame["resumed"], session.is_some(), "{frame}");
+    (ws, frame)
+}
+
+fn session_id(frame: &Value) -> String {
+    frame["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_string()
+}
+
+/// The outcomes of `user`'s stored chats once `count` are stored (instances flush every
+/// 100 ms); a second row for one chat would show as an extra outcome.
+async fn outcomes(cluster: &Cluster, user: &str, count: usize) -> Vec<String> {
+    let url = cluster.db.url.clone();
+    let user = user.to_string();
+    eventually(
+        &format!("{count} stored chats of {user}"),
+        Duration::from_secs(10),
+        || {
+            let (url, user) = (url.clone(), user.clone());
+            async move {
+                let mut pg = diesel::PgConnection::establish(&url).ok()?;
+                let rows: Vec<String> = request_log::table
+                    .filter(request_log::user_id.eq(&user))
+                    .select(request_log::outcome)
+                    .load(&mut pg)
+                    .ok()?;
+                (rows.len() >= count).then_some(rows)
+            }
+        },
+    )
+    .await
+}
+
+/// Quota units `user` used today, as stored (each instance settles every flush interval).
+async fn stored_quota(cluster: &Cluster, user: &str, expected: i64) -> i64 {
+    let url = cluster.db.url.clone();
+    let user = user.to_string();
+    let day = chatgate::domain::QuotaDay::today().as_key();
+    eventually(
+        &format!("{expected} quota units of {user} stored"),
+        Duration::from_secs(10),
+        || {
+            let (url, user, day) = (url.clone(), user.clone(), day.clone());
+            async move {
+                let mut pg = diesel::PgConnection::establish(&url).ok()?;
+                let used: i64 = quota_usage::table
+                    .filter(quota_usage::user_id.eq(&user))
+                    .filter(quota_usage::day.eq(&day))
+                    .select(quota_usage::used)
+                    .first(&mut pg)
+                    .ok()?;
+                (used >= expected).then_some(used)
+            }
+        },
+    )
+    .await
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_REDIS_URL and TEST_POSTGRES_URL"]
+async fn a_reply_dropped_on_one_instance_is_resumed_complete_on_another() {
+    let (cluster, _config) = cluster_with_slow_echo(30);
+    let (mut ws, frame) = open_on(&cluster, 0, "alice", None).await;
+    let session = session_id(&frame);
+    let (text, deltas) = words(40);
+    ws.chat("c1", "slow", &text).await;
+    let mut got = Received::default();
+    read(&mut ws, "c1", &mut got, 3).await;
+    drop(ws);
+
+    let (mut ws, frame) = open_on(&cluster, 1, "alice", Some(&session)).await;
+    let kept = listed(&frame, "c1");
+    assert!(kept["last_seq"].as_u64() >= Some(3), "{frame}");
+    assert!(
+        kept["state"] == "running" || kept["state"] == "done",
+        "{frame}"
+    );
+    resume(&mut ws, "c1", got.last_seq()).await;
+    read_to_end(&mut ws, "c1", &mut got).await;
+    assert_eq!(got.seqs(), (1..=40).collect::<Vec<_>>());
+    assert_eq!(got.texts(), deltas);
+    let done = got.end.expect("end");
+    assert_eq!(
+        (done["type"].as_str(), done["cancelled"].as_bool()),
+        (Some("done"), Some(false)),
+        "{done}"
+    );
+    assert_eq!(done["quota"]["used"], 1, "{done}");
+
+    assert_eq!(outcomes(&cluster, "alice", 1).await, ["ok"]);
+    assert_eq!(stored_quota(&cluster, "alice", 1).await, 1);
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_REDIS_URL and TEST_POSTGRES_URL"]
+async fn a_reply_that_ended_while_away_is_fetched_from_another_instance() {
+    let (cluster, _config) = cluster_with_slow_echo(20);
+    let (mut ws, frame) = open_on(&cluster, 0, "bob", None).await;
+    let session = session_id(&frame);
+    let (text, deltas) = words(6);
+    ws.chat("c1", "slow", &text).await;
+    let mut got = Received::default();
+    read(&mut ws, "c1", &mut got, 2).await;
+    drop(ws);
+    // The reply ends on instance 0 while nobody holds the session.
+    assert_eq!(outcomes(&cluster, "bob", 1).await, ["ok"]);
+
+    let (mut ws, frame) = open_on(&cluster, 1, "bob", Some(&session)).await;
+    let kept = listed(&frame, "c1");
+    assert_eq!(
+        (kept["state"].as_str(), kept["last_seq"].as_u64()),
+        (Some("done"), Some(6))
+    );
+    resume(&mut ws, "c1", got.last_seq()).await;
+    read_to_end(&mut ws, "c1", &mut got).await;
+    assert_eq!(got.seqs(), (1..=6).collect::<Vec<_>>());
+    assert_eq!(got.texts(), deltas);
+    assert_eq!(got.end.expect("end")["type"], "done");
+
+    // Unknown there as here.
+    resume(&mut ws, "nope", 0).await;
+    let frame = ws.expect_json().await;
+    assert_eq!(
+        (
+            frame["type"].as_str(),
+            frame["code"].as_str(),
+            frame["id"].as_str()
+        ),
+        (Some("error"), Some("not_found"), Some("nope")),
+        "{frame}"
+    );
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_REDIS_URL and TEST_POSTGRES_URL"]
+async fn cancelling_on_another_instance_stops_the_reply_at_its_owner() {
+    let (cluster, _config) = cluster_with_slow_echo(50);
+    let (mut ws, frame) = open_on(&cluster, 0, "carol", None).await;
+    let session = session_id(&frame);
+    ws.chat("c1", "slow", &words(100).0).await;
+    let mut got = Received::default();
+    read(&mut ws, "c1", &mut got, 2).await;
+    drop(ws);
+
+    let (mut ws, _) = open_on(&cluster, 1, "carol", Some(&session)).await;
+    resume(&mut ws, "c1", got.last_seq()).await;
+    let one_more = got.deltas.len() + 1;
+    read(&mut ws, "c1", &mut got, one_more).await;
+    ws.send_json(json!({"type": "cancel", "id": "c1"})).await;
+    read_to_end(&mut ws, "c1", &mut got).await;
+    let done = got.end.clone().expect("end");
+    assert_eq!(
+        (done["type"].as_str(), done["cancelled"].as_bool()),
+        (Some("done"), Some(true)),
+        "{done}"
+    );
+    assert!(got.deltas.len() < 100);
+    let expected: Vec<u64> = (1..=got.deltas.len() as u64).collect();
+    assert_eq!(got.seqs(), expected, "no gap, no duplicate");
+    assert_eq!(outcomes(&cluster, "carol", 1).await, ["cancelled"]);
+}
