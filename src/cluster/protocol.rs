@@ -54,6 +54,12 @@ pub enum Command {
     },
     /// The client cancelled this running reply on the asking instance.
     CancelReply { session_id: String, id: String },
+    /// An admin ended the session (`session_id`) or disabled the user (`user_id`): stop
+    /// their replies kept here too.
+    StopReplies {
+        session_id: Option<String>,
+        user_id: Option<String>,
+    },
 }
 
 /// A command's kind, which picks the actor that handles it.
@@ -76,7 +82,8 @@ impl Command {
             Command::OriginsChanged => CommandKind::OriginsChanged,
             Command::ExportReplies { .. }
             | Command::ReplyHeld { .. }
-            | Command::CancelReply { .. } => CommandKind::Replies,
+            | Command::CancelReply { .. }
+            | Command::StopReplies { .. } => CommandKind::Replies,
         }
     }
 }

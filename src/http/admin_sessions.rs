@@ -7,6 +7,7 @@ use actix_web::{delete, get, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::actors::cluster_bus::TellOthers;
 use crate::actors::reply_keeper::StopReplies;
 use crate::actors::session_registry::{
     CountSessions, EndSession, ListSessions, SessionStats, SessionSummary, StateFilter,
@@ -14,6 +15,7 @@ use crate::actors::session_registry::{
 use crate::actors::socket_watchdog::{CloseTarget, ExpectClose, CLOSE_WITHIN};
 use crate::app_state::AppState;
 use crate::auth::AdminIdentity;
+use crate::cluster::protocol::Command;
 use crate::domain::SessionId;
 use crate::error::{AppError, ErrorBody};
 use crate::http::openapi::AdminRefusals;
@@ -151,6 +153,13 @@ pub async fn end_session(
         .map_err(|err| AppError::unavailable_mailbox("session_registry", err))??;
     // Its replies stop now, also those its socket had handed over to go on without it.
     state.reply_keeper.do_send(StopReplies::Session(id.clone()));
+    // And those another instance keeps (it streamed them before the session moved).
+    if let Some(cluster) = &state.cluster {
+        cluster.bus.do_send(TellOthers(Command::StopReplies {
+            session_id: Some(id.as_str().to_string()),
+            user_id: None,
+        }));
+    }
     // A socket frozen on a client that stopped reading cannot close itself.
     state.watchdog.do_send(ExpectClose {
         target: CloseTarget::Session(id.clone()),

@@ -303,6 +303,10 @@ pub async fn put_user(
             cluster.bus.do_send(TellOthers(Command::CloseUserSockets {
                 user_id: id.as_str().to_string(),
             }));
+            cluster.bus.do_send(TellOthers(Command::StopReplies {
+                session_id: None,
+                user_id: Some(id.as_str().to_string()),
+            }));
         }
     }
     let view = UserView::new(row, used, state.settings.limits.daily_quota);

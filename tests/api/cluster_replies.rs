@@ -216,3 +216,69 @@ async fn cancelling_on_another_instance_stops_the_reply_at_its_owner() {
     assert_eq!(got.seqs(), expected, "no gap, no duplicate");
     assert_eq!(outcomes(&cluster, "carol", 1).await, ["cancelled"]);
 }
+
+#[actix_web::test]
+#[ignore = "needs TEST_REDIS_URL and TEST_POSTGRES_URL"]
+async fn ending_the_session_elsewhere_stops_the_reply_its_first_instance_keeps() {
+    // 200 words at 50 ms: 10 s to finish, 30 s of grace; stopped, it is recorded cancelled
+    // within a few seconds.
+    let (cluster, _config) = cluster_with_slow_echo(50);
+    let (mut ws, frame) = open_on(&cluster, 0, "dave", None).await;
+    let session = session_id(&frame);
+    ws.chat("c1", "slow", &words(200).0).await;
+    let mut got = Received::default();
+    read(&mut ws, "c1", &mut got, 2).await;
+    drop(ws);
+    // The session moves to instance 1; the reply stays with instance 0, unresumed.
+    let (_ws, frame) = open_on(&cluster, 1, "dave", Some(&session)).await;
+    assert_eq!(listed(&frame, "c1")["state"], "running", "{frame}");
+
+    let status = cluster
+        .client()
+        .delete(format!("{}/admin/sessions/{session}", cluster.base(1)))
+        .bearer_auth(cluster.admin_token("root"))
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16();
+    assert_eq!(status, 204);
+    let started = std::time::Instant::now();
+    assert_eq!(outcomes(&cluster, "dave", 1).await, ["cancelled"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stopped at once, not run to its end: {:?}",
+        started.elapsed()
+    );
+}
+
+#[actix_web::test]
+#[ignore = "needs TEST_REDIS_URL and TEST_POSTGRES_URL"]
+async fn a_reply_whose_owner_dies_ends_with_unavailable_on_the_instance_relaying_it() {
+    let (mut cluster, _config) = cluster_with_slow_echo(50);
+    let (mut ws, frame) = open_on(&cluster, 0, "erin", None).await;
+    let session = session_id(&frame);
+    ws.chat("c1", "slow", &words(400).0).await;
+    let mut got = Received::default();
+    read(&mut ws, "c1", &mut got, 2).await;
+    drop(ws);
+    let (mut ws, _) = open_on(&cluster, 1, "erin", Some(&session)).await;
+    resume(&mut ws, "c1", got.last_seq()).await;
+    let one_more = got.deltas.len() + 1;
+    read(&mut ws, "c1", &mut got, one_more).await;
+
+    cluster.kill(0);
+    read_to_end(&mut ws, "c1", &mut got).await;
+    let end = got.end.clone().expect("end");
+    assert_eq!(
+        (end["type"].as_str(), end["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{end}"
+    );
+    assert!(got.deltas.len() < 400);
+    let expected: Vec<u64> = (1..=got.deltas.len() as u64).collect();
+    assert_eq!(got.seqs(), expected, "no gap, no duplicate up to the loss");
+    // The relaying instance goes on serving.
+    ws.chat("c2", "echo", "still here").await;
+    assert_eq!(ws.reply("c2").await.text(), "still here");
+}

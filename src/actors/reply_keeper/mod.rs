@@ -45,7 +45,7 @@ pub use state::{
 
 use crate::actors::cluster_bus::{AskInstance, RemoteCommand};
 use crate::cluster::protocol::{Answer, Command};
-use crate::domain::{CancelReason, ChatId, SessionId};
+use crate::domain::{CancelReason, ChatId, SessionId, UserId};
 use mirror::MirrorOp;
 
 /// Deltas kept per reply: far above a long answer's text (a 4,000-token reply is ~16 KiB),
@@ -532,7 +532,24 @@ impl Handler<ResumeReply> for ReplyKeeper {
 impl Handler<RemoteCommand> for ReplyKeeper {
     type Result = ResponseActFuture<Self, Answer>;
 
-    fn handle(&mut self, msg: RemoteCommand, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: RemoteCommand, ctx: &mut Context<Self>) -> Self::Result {
+        if let Command::StopReplies {
+            session_id,
+            user_id,
+        } = &msg.0
+        {
+            let session = session_id
+                .as_deref()
+                .and_then(|id| SessionId::parse(id).ok());
+            let user = user_id.as_deref().and_then(|id| UserId::parse(id).ok());
+            if let Some(session) = session {
+                self.stop_replies(StopReplies::Session(session), ctx);
+            }
+            if let Some(user) = user {
+                self.stop_replies(StopReplies::User(user), ctx);
+            }
+            return Box::pin(fut::ready(Answer::Done));
+        }
         self.on_remote(msg.0)
     }
 }
@@ -541,6 +558,12 @@ impl Handler<StopReplies> for ReplyKeeper {
     type Result = ();
 
     fn handle(&mut self, msg: StopReplies, ctx: &mut Context<Self>) {
+        self.stop_replies(msg, ctx);
+    }
+}
+
+impl ReplyKeeper {
+    fn stop_replies(&mut self, msg: StopReplies, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let stop = match &msg {
             StopReplies::Session(session) => self.state.stop_session(session, now),

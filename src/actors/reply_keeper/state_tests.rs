@@ -286,6 +286,83 @@ fn disabling_a_user_stops_all_their_replies() {
 }
 
 #[test]
+fn a_session_is_exported_once_and_later_deltas_follow_only_exported_replies() {
+    let mut state = state();
+    let now = Instant::now();
+    let run = keep_running(&mut state, key("s", "c1"), &["a", "b"], "c1", now);
+    let foreign = keep_running(&mut state, key("s", "c2"), &["x"], "c2", now);
+    state.mark_foreign(&key("s", "c2"));
+    let other = keep_running(&mut state, key("t", "c1"), &["z"], "t1", now);
+    state.keep_ended(
+        key("s", "c0"),
+        user("u"),
+        frames(&["p"]),
+        end(ReplyState::Done),
+        now,
+    );
+    assert_eq!(state.on_delta(run, "c"), None, "not exported yet");
+
+    let mut exports = state.export_session(&session("s"));
+    exports.sort_by(|a, b| a.key.id.as_str().cmp(b.key.id.as_str()));
+    let seen: Vec<_> = exports
+        .iter()
+        .map(|e| {
+            (
+                e.key.id.as_str(),
+                e.deltas.len(),
+                e.last_seq,
+                e.end.is_some(),
+            )
+        })
+        .collect();
+    // The reply another instance streams is never exported from here.
+    assert_eq!(seen, vec![("c0", 1, 1, true), ("c1", 3, 3, false)]);
+    assert_eq!(exports[1].deltas[2], (3, "c".to_string()));
+    assert!(state.export_session(&session("s")).is_empty(), "once");
+
+    assert_eq!(state.on_delta(run, "d"), Some((key("s", "c1"), 4)));
+    assert_eq!(state.on_delta(foreign, "y"), None);
+    assert_eq!(state.on_delta(other, "y"), None);
+    assert_eq!(state.exported_run(run), Some((key("s", "c1"), 4)));
+    assert_eq!(state.exported_run(other), None);
+}
+
+#[test]
+fn a_reply_held_on_another_instance_is_not_stopped_until_it_lets_go_and_a_grace_passes() {
+    let mut state = state();
+    let now = Instant::now();
+    keep_running(&mut state, key("s", "c1"), &["a"], "c1", now);
+    assert!(state.set_held_elsewhere(&key("s", "c1"), true, now));
+    assert_eq!(state.stats().running, 0, "not waiting for a resume");
+    assert!(state.sweep(now + GRACE * 3).stop.is_empty());
+
+    let released = now + GRACE * 3;
+    assert!(state.set_held_elsewhere(&key("s", "c1"), false, released));
+    assert_eq!(state.stats().running, 1);
+    assert!(state
+        .sweep(released + GRACE - Duration::from_millis(1))
+        .stop
+        .is_empty());
+    assert_eq!(state.sweep(released + GRACE).stop, vec!["c1"]);
+    assert!(!state.set_held_elsewhere(&key("s", "c1"), true, released));
+}
+
+#[test]
+fn a_waiter_for_an_unattached_session_is_answered_at_once_otherwise_when_it_lets_go() {
+    let mut state = state();
+    let now = Instant::now();
+    assert_eq!(state.when_unattached(&session("s"), 7, now), Some(7));
+    assert!(state.attach(session("s"), 1, None, now).is_none());
+    assert_eq!(state.when_unattached(&session("s"), 8, now), None);
+    let answered: Vec<u32> = state
+        .detach(&session("s"), 1)
+        .into_iter()
+        .map(|(w, _)| w)
+        .collect();
+    assert_eq!(answered, vec![8]);
+}
+
+#[test]
 fn past_the_instance_cap_ended_replies_go_oldest_first_then_running_ones_shrink() {
     let text = "x".repeat(1000);
     let deltas = [text.as_str(); 4];
