@@ -130,11 +130,12 @@ impl ClusterBus {
         &self,
         channel: String,
         envelope: Envelope,
-    ) -> impl std::future::Future<Output = Result<(), RedisUnavailable>> {
+    ) -> impl std::future::Future<Output = Result<i64, RedisUnavailable>> {
         let link = self.link.clone();
         let payload = envelope.encode();
         async move {
             link.run(|mut conn| async move {
+                // How many subscribers got it.
                 redis::cmd("PUBLISH")
                     .arg(channel)
                     .arg(payload)
@@ -142,7 +143,6 @@ impl ClusterBus {
                     .await
             })
             .await
-            .map(|_| ())
         }
     }
 
@@ -266,7 +266,13 @@ impl Handler<AskInstance> for ClusterBus {
             act.waiting.remove(&request);
         });
         Box::pin(async move {
-            publish.await?;
+            // Nobody listens on a dead instance's channel: no point waiting for its answer.
+            if publish.await? == 0 {
+                return Err(RedisUnavailable(format!(
+                    "instance {} is not listening",
+                    msg.instance
+                )));
+            }
             match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
                 Ok(Ok(answer)) => Ok(answer),
                 _ => Err(RedisUnavailable(format!(

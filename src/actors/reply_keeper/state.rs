@@ -95,8 +95,9 @@ struct Kept<R> {
     exported: bool,
     /// Streamed by another instance (this one follows it through Redis): never exported here.
     foreign: bool,
-    /// A socket on another instance resumed it: not stopped while that one holds it.
-    held_elsewhere: bool,
+    /// Sockets on other instances that resumed it (one may still hold it while the client
+    /// already resumed it on a third): not stopped while any does.
+    held_elsewhere: u32,
     /// A running reply is stopped at the first sweep from then on.
     stop_after: Instant,
 }
@@ -281,7 +282,7 @@ impl<R, W> ReplyKeeperState<R, W> {
             generation: run,
             exported: false,
             foreign: false,
-            held_elsewhere: false,
+            held_elsewhere: 0,
             stop_after: now + self.limits.grace,
         };
         let displaced = self.insert(key, kept).into_iter().collect();
@@ -312,7 +313,7 @@ impl<R, W> ReplyKeeperState<R, W> {
             generation,
             exported: false,
             foreign: false,
-            held_elsewhere: false,
+            held_elsewhere: 0,
             stop_after: now,
         };
         let displaced = self.insert(key, kept).into_iter().collect();
@@ -390,7 +391,7 @@ impl<R, W> ReplyKeeperState<R, W> {
     }
 
     /// A socket on another instance took running reply `key` (`held`), or let it go again:
-    /// from then it has the grace to be resumed. False when it is not running here.
+    /// once none holds it, it has the grace to be resumed. False when it is not running here.
     pub fn set_held_elsewhere(&mut self, key: &ReplyKey, held: bool, now: Instant) -> bool {
         let grace = self.limits.grace;
         let Some(kept) = self.replies.get_mut(key) else {
@@ -399,8 +400,12 @@ impl<R, W> ReplyKeeperState<R, W> {
         if !matches!(kept.phase, Phase::Running { .. }) {
             return false;
         }
-        kept.held_elsewhere = held;
-        if !held {
+        if held {
+            kept.held_elsewhere += 1;
+        } else {
+            kept.held_elsewhere = kept.held_elsewhere.saturating_sub(1);
+        }
+        if kept.held_elsewhere == 0 {
             kept.stop_after = now + grace;
             self.stop_at
                 .push_back((now + grace, key.clone(), kept.generation));
@@ -572,7 +577,7 @@ impl<R, W> ReplyKeeperState<R, W> {
             .filter(|key| {
                 self.replies
                     .get(key)
-                    .is_some_and(|kept| kept.held_elsewhere)
+                    .is_some_and(|kept| kept.held_elsewhere > 0)
             })
             .count();
         KeeperStats {
@@ -586,7 +591,7 @@ impl<R, W> ReplyKeeperState<R, W> {
     fn is_due(&self, key: &ReplyKey, now: Instant) -> bool {
         self.replies
             .get(key)
-            .is_some_and(|kept| !kept.held_elsewhere && kept.stop_after <= now)
+            .is_some_and(|kept| kept.held_elsewhere == 0 && kept.stop_after <= now)
     }
 
     fn is_stopped(&self, session: &SessionId, user: &UserId) -> bool {

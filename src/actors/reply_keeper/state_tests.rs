@@ -335,6 +335,10 @@ fn a_reply_held_on_another_instance_is_not_stopped_until_it_lets_go_and_a_grace_
     assert!(state.set_held_elsewhere(&key("s", "c1"), true, now));
     assert_eq!(state.stats().running, 0, "not waiting for a resume");
     assert!(state.sweep(now + GRACE * 3).stop.is_empty());
+    // Resumed on a third instance before the second let go: held until both did.
+    assert!(state.set_held_elsewhere(&key("s", "c1"), true, now + GRACE));
+    assert!(state.set_held_elsewhere(&key("s", "c1"), false, now + GRACE * 2));
+    assert!(state.sweep(now + GRACE * 3).stop.is_empty());
 
     let released = now + GRACE * 3;
     assert!(state.set_held_elsewhere(&key("s", "c1"), false, released));
