@@ -64,6 +64,22 @@ fn session_id(frame: &Value) -> String {
         .to_string()
 }
 
+/// Opens a session on instance 0 as `user`, starts chat `c1` on `slow` with `text`, and drops
+/// the connection once `deltas` deltas arrived; the session id and what was received.
+async fn chat_then_drop(
+    cluster: &Cluster,
+    user: &str,
+    text: &str,
+    deltas: usize,
+) -> (String, Received) {
+    let (mut ws, frame) = open_on(cluster, 0, user, None).await;
+    ws.chat("c1", "slow", text).await;
+    let mut got = Received::default();
+    read(&mut ws, "c1", &mut got, deltas).await;
+    drop(ws);
+    (session_id(&frame), got)
+}
+
 /// The outcomes of `user`'s stored chats once `count` are stored (instances flush every
 /// 100 ms); a second row for one chat would show as an extra outcome.
 async fn outcomes(cluster: &Cluster, user: &str, count: usize) -> Vec<String> {
@@ -117,13 +133,8 @@ async fn stored_quota(cluster: &Cluster, user: &str, expected: i64) -> i64 {
 #[ignore = "needs TEST_REDIS_URL and TEST_POSTGRES_URL"]
 async fn a_reply_dropped_on_one_instance_is_resumed_complete_on_another() {
     let (cluster, _config) = cluster_with_slow_echo(30);
-    let (mut ws, frame) = open_on(&cluster, 0, "alice", None).await;
-    let session = session_id(&frame);
     let (text, deltas) = words(40);
-    ws.chat("c1", "slow", &text).await;
-    let mut got = Received::default();
-    read(&mut ws, "c1", &mut got, 3).await;
-    drop(ws);
+    let (session, mut got) = chat_then_drop(&cluster, "alice", &text, 3).await;
 
     let (mut ws, frame) = open_on(&cluster, 1, "alice", Some(&session)).await;
     let kept = listed(&frame, "c1");
@@ -152,13 +163,8 @@ async fn a_reply_dropped_on_one_instance_is_resumed_complete_on_another() {
 #[ignore = "needs TEST_REDIS_URL and TEST_POSTGRES_URL"]
 async fn a_reply_that_ended_while_away_is_fetched_from_another_instance() {
     let (cluster, _config) = cluster_with_slow_echo(20);
-    let (mut ws, frame) = open_on(&cluster, 0, "bob", None).await;
-    let session = session_id(&frame);
     let (text, deltas) = words(6);
-    ws.chat("c1", "slow", &text).await;
-    let mut got = Received::default();
-    read(&mut ws, "c1", &mut got, 2).await;
-    drop(ws);
+    let (session, mut got) = chat_then_drop(&cluster, "bob", &text, 2).await;
     // The reply ends on instance 0 while nobody holds the session.
     assert_eq!(outcomes(&cluster, "bob", 1).await, ["ok"]);
 
@@ -192,12 +198,7 @@ async fn a_reply_that_ended_while_away_is_fetched_from_another_instance() {
 #[ignore = "needs TEST_REDIS_URL and TEST_POSTGRES_URL"]
 async fn cancelling_on_another_instance_stops_the_reply_at_its_owner() {
     let (cluster, _config) = cluster_with_slow_echo(50);
-    let (mut ws, frame) = open_on(&cluster, 0, "carol", None).await;
-    let session = session_id(&frame);
-    ws.chat("c1", "slow", &words(100).0).await;
-    let mut got = Received::default();
-    read(&mut ws, "c1", &mut got, 2).await;
-    drop(ws);
+    let (session, mut got) = chat_then_drop(&cluster, "carol", &words(100).0, 2).await;
 
     let (mut ws, _) = open_on(&cluster, 1, "carol", Some(&session)).await;
     resume(&mut ws, "c1", got.last_seq()).await;
@@ -223,12 +224,7 @@ async fn ending_the_session_elsewhere_stops_the_reply_its_first_instance_keeps()
     // 200 words at 50 ms: 10 s to finish, 30 s of grace; stopped, it is recorded cancelled
     // within a few seconds.
     let (cluster, _config) = cluster_with_slow_echo(50);
-    let (mut ws, frame) = open_on(&cluster, 0, "dave", None).await;
-    let session = session_id(&frame);
-    ws.chat("c1", "slow", &words(200).0).await;
-    let mut got = Received::default();
-    read(&mut ws, "c1", &mut got, 2).await;
-    drop(ws);
+    let (session, _) = chat_then_drop(&cluster, "dave", &words(200).0, 2).await;
     // The session moves to instance 1; the reply stays with instance 0, unresumed.
     let (_ws, frame) = open_on(&cluster, 1, "dave", Some(&session)).await;
     assert_eq!(listed(&frame, "c1")["state"], "running", "{frame}");
@@ -256,12 +252,7 @@ async fn ending_the_session_elsewhere_stops_the_reply_its_first_instance_keeps()
 #[ignore = "needs TEST_REDIS_URL and TEST_POSTGRES_URL"]
 async fn a_reply_whose_owner_dies_ends_with_unavailable_on_the_instance_relaying_it() {
     let (mut cluster, _config) = cluster_with_slow_echo(50);
-    let (mut ws, frame) = open_on(&cluster, 0, "erin", None).await;
-    let session = session_id(&frame);
-    ws.chat("c1", "slow", &words(400).0).await;
-    let mut got = Received::default();
-    read(&mut ws, "c1", &mut got, 2).await;
-    drop(ws);
+    let (session, mut got) = chat_then_drop(&cluster, "erin", &words(400).0, 2).await;
     let (mut ws, _) = open_on(&cluster, 1, "erin", Some(&session)).await;
     resume(&mut ws, "c1", got.last_seq()).await;
     let one_more = got.deltas.len() + 1;
