@@ -98,6 +98,10 @@ struct Watched<S> {
 /// The watched sockets and the rules for cutting them, tested directly.
 pub struct WatchdogState<S> {
     sockets: HashMap<u64, Watched<S>>,
+    /// Sockets by session, so that a resume (which expects the session's previous socket to
+    /// close) finds them without scanning every socket. Ids of sockets gone are pruned when
+    /// next looked up, and the whole index when it outgrows the sockets.
+    by_session: HashMap<SessionId, Vec<u64>>,
     limits: WatchdogLimits,
 }
 
@@ -113,6 +117,7 @@ impl<S> WatchdogState<S> {
     pub fn new(limits: WatchdogLimits) -> Self {
         WatchdogState {
             sockets: HashMap::new(),
+            by_session: HashMap::new(),
             limits,
         }
     }
@@ -131,22 +136,57 @@ impl<S> WatchdogState<S> {
 
     pub fn set_session(&mut self, conn_id: u64, session: SessionId) {
         if let Some(watched) = self.sockets.get_mut(&conn_id) {
-            watched.session = Some(session);
+            watched.session = Some(session.clone());
+            self.by_session.entry(session).or_default().push(conn_id);
+        }
+        if self.by_session.len() > 2 * self.sockets.len() + 1024 {
+            let sockets = &self.sockets;
+            self.by_session.retain(|session, conns| {
+                conns.retain(|c| {
+                    sockets
+                        .get(c)
+                        .is_some_and(|w| w.session.as_ref() == Some(session))
+                });
+                !conns.is_empty()
+            });
         }
     }
 
-    /// Sets a close deadline on the matching sockets (an earlier one stays).
-    pub fn expect_close(&mut self, target: &CloseTarget, by: Instant) {
-        for watched in self.sockets.values_mut() {
+    /// Sets a close deadline on the matching sockets (an earlier one stays); returns them.
+    pub fn expect_close(&mut self, target: &CloseTarget, by: Instant) -> Vec<u64> {
+        let set = |watched: &mut Watched<S>| {
+            watched.close_by = Some(watched.close_by.map_or(by, |old| old.min(by)));
+        };
+        let mut matched = Vec::new();
+        if let CloseTarget::Session(id) = target {
+            let Some(conns) = self.by_session.get_mut(id) else {
+                return matched;
+            };
+            let sockets = &mut self.sockets;
+            conns.retain(|conn_id| match sockets.get_mut(conn_id) {
+                Some(watched) if watched.session.as_ref() == Some(id) => {
+                    set(watched);
+                    matched.push(*conn_id);
+                    true
+                }
+                _ => false,
+            });
+            if conns.is_empty() {
+                self.by_session.remove(id);
+            }
+            return matched;
+        }
+        for (conn_id, watched) in self.sockets.iter_mut() {
             let matches = match target {
-                CloseTarget::All => true,
                 CloseTarget::User(user) => &watched.user == user,
-                CloseTarget::Session(id) => watched.session.as_ref() == Some(id),
+                _ => true,
             };
             if matches {
-                watched.close_by = Some(watched.close_by.map_or(by, |old| old.min(by)));
+                set(watched);
+                matched.push(*conn_id);
             }
         }
+        matched
     }
 
     pub fn len(&self) -> usize {
@@ -268,10 +308,14 @@ impl Handler<ExpectClose> for SocketWatchdog {
     type Result = ();
 
     fn handle(&mut self, msg: ExpectClose, ctx: &mut Context<Self>) {
-        self.state
+        let matched = self
+            .state
             .expect_close(&msg.target, Instant::now() + msg.within);
-        // Checked right at the deadline, not at the next tick.
-        ctx.run_later(msg.within, |act, _| act.sweep());
+        // Checked right at the deadline, not at the next tick; nothing to check when no socket
+        // matched (a resume whose previous socket is gone already, the usual case).
+        if !matched.is_empty() {
+            ctx.run_later(msg.within, |act, _| act.sweep());
+        }
     }
 }
 
@@ -383,7 +427,15 @@ mod tests {
             &CloseTarget::User(user("odd")),
             now + Duration::from_secs(1),
         );
-        state.expect_close(&CloseTarget::Session(session), now + Duration::from_secs(1));
+        let matched = state.expect_close(
+            &CloseTarget::Session(session.clone()),
+            now + Duration::from_secs(1),
+        );
+        assert_eq!(matched, vec![4]);
+        let other = SessionId::new_random();
+        assert!(state
+            .expect_close(&CloseTarget::Session(other), now)
+            .is_empty());
         assert!(state.sweep(now).is_empty(), "not before the deadline");
         let cuts = state.sweep(now + Duration::from_secs(1));
         assert_eq!(cut_ids(&cuts), vec![1, 3, 4]);
@@ -395,5 +447,9 @@ mod tests {
             cut_ids(&state.sweep(now + Duration::from_secs(3))),
             vec![0, 2]
         );
+        // The session's socket is gone: a resume expects nothing of it any more.
+        assert!(state
+            .expect_close(&CloseTarget::Session(session), now)
+            .is_empty());
     }
 }
