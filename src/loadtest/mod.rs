@@ -29,8 +29,9 @@ pub use plan::LoadtestArgs;
 pub(crate) use plan::{Mode, Plan};
 use stats::{Counters, Tally, Totals};
 
-/// Handshakes one thread runs at once: enough to open thousands of connections in seconds,
-/// few enough not to overflow the server's accept backlog.
+/// Handshakes one thread runs at once while opening: enough to open thousands of connections
+/// in seconds, few enough not to overflow the server's accept backlog. Reconnects after a
+/// `--drop-rate` drop do not take one (see `ws::resume`).
 const CONNECT_CONCURRENCY: usize = 128;
 
 /// How long opening one connection (TCP, upgrade, first frame) may take.

@@ -55,6 +55,9 @@ pub struct ResumeSummary {
     pub drop_rate: f64,
     #[serde(flatten)]
     pub counts: ResumeTally,
+    /// From cutting a connection to the new connection's `session` frame (TCP, upgrade,
+    /// and the server's hand-over of the session).
+    pub reconnect_ms: LatencySummary,
 }
 
 impl Summary {
@@ -104,6 +107,7 @@ impl Summary {
             resume: plan.drop_rate.map(|drop_rate| ResumeSummary {
                 drop_rate,
                 counts: tally.resume,
+                reconnect_ms: tally.reconnects.summary(),
             }),
         }
     }
@@ -184,6 +188,12 @@ impl Summary {
                 r.counts.gaps,
                 r.counts.duplicates
             );
+            let c = &r.reconnect_ms;
+            let _ = writeln!(
+                out,
+                "  reconnect  p50 {} ms  p90 {} ms  p99 {} ms  max {} ms",
+                c.p50, c.p90, c.p99, c.max
+            );
         }
         // Over a very short run the share says nothing (start-up dominates).
         let share = if self.duration_secs >= 1.0 {
@@ -240,6 +250,7 @@ mod tests {
         tally.target(1).connected = 2;
         tally.resume.dropped = 3;
         tally.resume.resumed = 3;
+        tally.reconnects.record(Duration::from_millis(12));
         let totals = Totals {
             chats: 2,
             ..Totals::default()
@@ -253,12 +264,19 @@ mod tests {
                 {"url": "http://b:2", "connected": 2, "chats": 0},
             ])
         );
+        let mut resume = json["resume"].clone();
+        let reconnect = resume
+            .as_object_mut()
+            .and_then(|r| r.remove("reconnect_ms"))
+            .expect("reconnect_ms");
         assert_eq!(
-            json["resume"],
+            resume,
             serde_json::json!({"drop_rate": 0.5, "dropped": 3, "resumed": 3, "lost": 0, "gaps": 0, "duplicates": 0})
         );
+        assert_eq!(reconnect["max"], 12.0, "{reconnect}");
         assert!(summary.succeeded());
         assert!(summary.to_text().contains("resumed 3"));
+        assert!(summary.to_text().contains("reconnect  p50"));
 
         tally.resume.duplicates = 1;
         let summary = Summary::new(&dropping, &tally, totals, Duration::from_secs(1), 0.0);

@@ -128,6 +128,8 @@ pub struct Tally {
     pub by_target: Vec<TargetTally>,
     /// `--drop-rate`: what dropping and resuming replies did.
     pub resume: ResumeTally,
+    /// `--drop-rate`: from cutting a connection to the new one's `session` frame.
+    pub reconnects: Latencies,
 }
 
 /// What one `--url` got.
@@ -201,6 +203,7 @@ impl Tally {
             mine.chats += target.chats;
         }
         self.resume.merge(&other.resume);
+        self.reconnects.merge(&other.reconnects);
         self.last_reply_at = match (self.last_reply_at, other.last_reply_at) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),

@@ -132,3 +132,33 @@ async fn concurrent_handshakes_cannot_pass_the_cap_together() {
     assert_eq!(opened, 3, "refusals: {refused:?}");
     assert!(refused.iter().all(|s| *s == 429), "{refused:?}");
 }
+
+/// The handshake asks for a slot under the cap while it checks the user: a handshake refused
+/// because the user is disabled must give its slot back, or refusals would fill the cap.
+#[actix_web::test]
+async fn handshakes_refused_for_a_disabled_user_hold_no_slot() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.limits.user_max_connections = 2).await;
+    let set_disabled = |disabled: bool| {
+        app.query(move |conn| {
+            use chatgate::db::schema::users::dsl;
+            use diesel::prelude::*;
+            chatgate::db::queries::users::insert_user_if_missing(conn, "flip", 0)?;
+            diesel::update(dsl::users.find("flip"))
+                .set(dsl::disabled.eq(disabled))
+                .execute(conn)
+        })
+    };
+    set_disabled(true).await;
+    for _ in 0..3 {
+        assert_eq!(try_open(&app, "flip").await.err(), Some(403));
+    }
+    set_disabled(false).await;
+    let first = try_open(&app, "flip").await.expect("first socket");
+    let second = try_open(&app, "flip").await.expect("second socket");
+    assert_eq!(
+        try_open(&app, "flip").await.err(),
+        Some(429),
+        "the cap counts the two open sockets only"
+    );
+    drop((first, second));
+}

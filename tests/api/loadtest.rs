@@ -162,6 +162,33 @@ async fn loadtest_chats_equal_the_servers_request_counter_delta() {
     check_against_server(&app, &admin, before, &summary).await;
 }
 
+/// `--drop-rate`: replies cut mid-way are resumed on a new connection, each exactly once,
+/// and the server counts every chat once.
+#[actix_web::test]
+async fn loadtest_drop_rate_resumes_every_dropped_reply_without_gaps() {
+    let app = spawn_roomy_app().await;
+    let admin = app.admin_token("ops");
+    let before = ok_counter(&app, &admin).await;
+    let summary = loadtest(&app, &["--drop-rate", "0.3"]).await;
+    let resume = &summary["resume"];
+    let dropped = resume["dropped"].as_u64().expect("dropped");
+    assert!(dropped > 0, "{summary}");
+    assert_eq!(resume["resumed"].as_u64(), Some(dropped), "{summary}");
+    for field in ["lost", "gaps", "duplicates"] {
+        assert_eq!(resume[field].as_u64(), Some(0), "{field}: {summary}");
+    }
+    let reconnect_max = resume["reconnect_ms"]["max"]
+        .as_f64()
+        .expect("reconnect_ms");
+    assert!(reconnect_max > 0.0, "{summary}");
+    assert_eq!(
+        summary["chats"].as_u64(),
+        Some(CONNECTIONS * CHATS_PER_CONNECTION),
+        "{summary}"
+    );
+    check_against_server(&app, &admin, before, &summary).await;
+}
+
 #[actix_web::test]
 async fn loadtest_spreads_its_connections_over_every_url_in_turn() {
     let apps = [spawn_roomy_app().await, spawn_roomy_app().await];

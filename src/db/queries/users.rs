@@ -29,8 +29,13 @@ pub fn find_user(conn: &mut DbConnection, id: &str) -> QueryResult<Option<UserRo
         .optional())
 }
 
-/// The user's row, created on first use.
+/// The user's row, created on first use. Reads first, so only a user's first use writes:
+/// every later call (a WebSocket handshake, a reconnect) is a primary-key read, which on
+/// SQLite never waits for the single writer (the usage flusher's batches).
 pub fn ensure_user(conn: &mut DbConnection, id: &str, now_ms: i64) -> QueryResult<UserRow> {
+    if let Some(row) = find_user(conn, id)? {
+        return Ok(row);
+    }
     insert_user_if_missing(conn, id, now_ms)?;
     find_user(conn, id)?.ok_or(diesel::result::Error::NotFound)
 }

@@ -13,6 +13,8 @@ use super::{reply_keeper_of, ConnectionSettings, WsConnection, CHAT_MAX_BACKLOG_
 use crate::actors::connections::Reservation;
 use crate::app_state::AppState;
 use crate::auth::authenticate;
+use crate::db::models::UserRow;
+use crate::db::queries::{now_ms, users};
 use crate::domain::{SessionId, UserId};
 use crate::error::{AppError, ErrorBody};
 use crate::ws::origin::check_origin;
@@ -61,25 +63,24 @@ pub async fn handshake(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let identity = authenticate(&req)?;
-    check_origin(&req, &state, &identity.user).await?;
+    // The three checks ask three places (the origins actor, the database, the connections
+    // actor) and none needs another's answer: asked at once, a handshake — and every
+    // reconnect — waits for the slowest of them, not for their sum. Refusals keep their
+    // order: origin, bad `session_id`, disabled user, connection cap. A slot taken for a
+    // handshake refused here is freed when `reservation` drops.
+    let (origin, user_row, reservation) = futures_util::future::join3(
+        check_origin(&req, &state, &identity.user),
+        user_row(&state, &identity.user),
+        reserve_slot(&state, &identity.user),
+    )
+    .await;
+    origin?;
     let resume = resume_of(&req)?;
-    // Straight to the database, never queued behind chats waiting for quota.
-    let user = identity.user.clone();
-    let user_row = state
-        .db
-        .run(move |conn| {
-            crate::db::queries::users::ensure_user(
-                conn,
-                user.as_str(),
-                crate::db::queries::now_ms(),
-            )
-        })
-        .await?;
-    if user_row.disabled {
+    if user_row?.disabled {
         return Err(AppError::Forbidden("this user is disabled".into()));
     }
     // Held from here, so an error below (or the client leaving) frees the slot again.
-    let reservation = reserve_slot(&state, &identity.user).await?;
+    let reservation = reservation?;
     let max_frame_bytes = state.settings.server.max_frame_bytes;
     let consumed = Arc::new(AtomicU64::new(0));
     let watch = Arc::new(SocketWatch::new(SocketShutdown::of_request(&req)));
@@ -101,6 +102,16 @@ pub async fn handshake(
     )?;
     reservation.hand_over();
     Ok(response)
+}
+
+/// The user's row, created on its first handshake. Straight to the database, never queued
+/// behind chats waiting for quota; a known user costs one read.
+async fn user_row(state: &AppState, user: &UserId) -> Result<UserRow, AppError> {
+    let user = user.as_str().to_string();
+    Ok(state
+        .db
+        .run(move |conn| users::ensure_user(conn, &user, now_ms()))
+        .await?)
 }
 
 /// How long a user at the connection cap is told to wait: a closed socket frees its slot at
