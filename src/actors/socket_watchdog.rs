@@ -152,7 +152,20 @@ impl<S> WatchdogState<S> {
         }
     }
 
-    /// Sets a close deadline on the matching sockets (an earlier one stays); returns them.
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+}
+
+impl<S: std::ops::Deref<Target = dyn WatchedSocket>> WatchdogState<S> {
+    /// Sets a close deadline on the matching sockets (an earlier one stays); returns those
+    /// whose actor still runs (one that stopped is cut by the sweeps if its close does not go
+    /// out). A session's sockets that are gone already are forgotten here, so a resume after
+    /// a dropped connection — the usual case — matches none.
     pub fn expect_close(&mut self, target: &CloseTarget, by: Instant) -> Vec<u64> {
         let set = |watched: &mut Watched<S>| {
             watched.close_by = Some(watched.close_by.map_or(by, |old| old.min(by)));
@@ -165,8 +178,15 @@ impl<S> WatchdogState<S> {
             let sockets = &mut self.sockets;
             conns.retain(|conn_id| match sockets.get_mut(conn_id) {
                 Some(watched) if watched.session.as_ref() == Some(id) => {
+                    let progress = watched.socket.progress();
+                    if progress.finished {
+                        sockets.remove(conn_id);
+                        return false;
+                    }
                     set(watched);
-                    matched.push(*conn_id);
+                    if progress.stopped_for.is_none() {
+                        matched.push(*conn_id);
+                    }
                     true
                 }
                 _ => false,
@@ -189,16 +209,6 @@ impl<S> WatchdogState<S> {
         matched
     }
 
-    pub fn len(&self) -> usize {
-        self.sockets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
-    }
-}
-
-impl<S: std::ops::Deref<Target = dyn WatchedSocket>> WatchdogState<S> {
     /// Forgets finished sockets and takes out the ones to cut.
     pub fn sweep(&mut self, now: Instant) -> Vec<Cut<S>> {
         let limits = self.limits;
@@ -415,6 +425,21 @@ mod tests {
         let cuts = state.sweep(Instant::now());
         assert_eq!(cut_ids(&cuts), vec![0]);
         assert_eq!(cuts[0].reason, CutReason::CloseNotFlushed);
+    }
+
+    #[test]
+    fn a_resume_expects_nothing_of_a_sessions_socket_that_is_gone_or_closing() {
+        let (mut state, sockets) = state_with(3);
+        let session = SessionId::new_random();
+        for conn_id in 0..3 {
+            state.set_session(conn_id, session.clone());
+        }
+        sockets[0].set(0, Some(10), true);
+        sockets[1].set(0, Some(10), false);
+        let now = Instant::now();
+        let matched = state.expect_close(&CloseTarget::Session(session), now);
+        assert_eq!(matched, vec![2], "only the one still running");
+        assert_eq!(state.len(), 2, "the finished one is forgotten");
     }
 
     #[test]
