@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 
 use crate::cluster_support::Cluster;
 use crate::helpers::eventually;
-use crate::resume_replies::{listed, read, read_to_end, resume, words, Received};
+use crate::resume_replies::{
+    listed, read, read_to_end, resume, resume_listed_reply_to_its_end, words, Received,
+};
 use crate::ws_client::{connect_url, WsClient};
 
 /// Two instances serving `echo` and a `slow` echo that streams a word every `delay_ms`.
@@ -134,25 +136,10 @@ async fn stored_quota(cluster: &Cluster, user: &str, expected: i64) -> i64 {
 async fn a_reply_dropped_on_one_instance_is_resumed_complete_on_another() {
     let (cluster, _config) = cluster_with_slow_echo(30);
     let (text, deltas) = words(40);
-    let (session, mut got) = chat_then_drop(&cluster, "alice", &text, 3).await;
+    let (session, got) = chat_then_drop(&cluster, "alice", &text, 3).await;
 
     let (mut ws, frame) = open_on(&cluster, 1, "alice", Some(&session)).await;
-    let kept = listed(&frame, "c1");
-    assert!(kept["last_seq"].as_u64() >= Some(3), "{frame}");
-    assert!(
-        kept["state"] == "running" || kept["state"] == "done",
-        "{frame}"
-    );
-    resume(&mut ws, "c1", got.last_seq()).await;
-    read_to_end(&mut ws, "c1", &mut got).await;
-    assert_eq!(got.seqs(), (1..=40).collect::<Vec<_>>());
-    assert_eq!(got.texts(), deltas);
-    let done = got.end.expect("end");
-    assert_eq!(
-        (done["type"].as_str(), done["cancelled"].as_bool()),
-        (Some("done"), Some(false)),
-        "{done}"
-    );
+    let done = resume_listed_reply_to_its_end(&mut ws, &frame, got, &deltas).await;
     assert_eq!(done["quota"]["used"], 1, "{done}");
 
     assert_eq!(outcomes(&cluster, "alice", 1).await, ["ok"]);

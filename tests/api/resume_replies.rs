@@ -145,6 +145,38 @@ pub(crate) fn listed(session_frame: &Value, id: &str) -> Value {
         .unwrap_or_else(|| panic!("{id} is listed: {session_frame}"))
 }
 
+/// The resumed session lists `c1` (running or done, past the deltas `got` holds); resuming it
+/// after the last of them brings exactly the rest: `deltas` complete, in order, then a `done`
+/// that is not cancelled, which is returned.
+pub(crate) async fn resume_listed_reply_to_its_end(
+    ws: &mut WsClient,
+    session_frame: &Value,
+    mut got: Received,
+    deltas: &[String],
+) -> Value {
+    let kept = listed(session_frame, "c1");
+    assert!(
+        kept["last_seq"].as_u64() >= Some(got.last_seq()),
+        "{session_frame}"
+    );
+    assert!(
+        kept["state"] == "running" || kept["state"] == "done",
+        "{session_frame}"
+    );
+    resume(ws, "c1", got.last_seq()).await;
+    read_to_end(ws, "c1", &mut got).await;
+    let expected: Vec<u64> = (1..=deltas.len() as u64).collect();
+    assert_eq!(got.seqs(), expected);
+    assert_eq!(got.texts(), deltas);
+    let done = got.end.expect("end");
+    assert_eq!(
+        (done["type"].as_str(), done["cancelled"].as_bool()),
+        (Some("done"), Some(false)),
+        "{done}"
+    );
+    done
+}
+
 #[actix_web::test]
 async fn deltas_are_numbered_from_one_within_each_reply() {
     let app = app(30, vec![]).await;
@@ -171,21 +203,7 @@ async fn a_reply_dropped_mid_stream_resumes_complete_and_is_charged_once() {
     drop(ws);
 
     let (mut ws, frame) = reconnect(&app, "alice", &session).await;
-    let kept = listed(&frame, "c1");
-    assert!(kept["last_seq"].as_u64().expect("last_seq") >= 3, "{frame}");
-    assert!(
-        kept["state"] == "running" || kept["state"] == "done",
-        "{frame}"
-    );
-    resume(&mut ws, "c1", got.last_seq()).await;
-    read_to_end(&mut ws, "c1", &mut got).await;
-    assert_eq!(got.seqs(), (1..=40).collect::<Vec<_>>());
-    assert_eq!(got.texts(), deltas);
-    let done = got.end.expect("end");
-    assert_eq!(
-        (done["type"].as_str(), done["cancelled"].as_bool()),
-        (Some("done"), Some(false))
-    );
+    resume_listed_reply_to_its_end(&mut ws, &frame, got, &deltas).await;
 
     assert_eq!(outcomes(&app, "alice", 1).await, ["ok"]);
     assert_eq!(app.used_today("alice").await, 1);
